@@ -1,0 +1,208 @@
+"""Training configuration: a typed dataclass, YAML recipes, CLI overrides, validation.
+
+Recipes are YAML files of ``TrainConfig`` fields (``recipes/<name>.yaml`` inside the package,
+or any path). YAML is read with the safe loader; values are checked for type and range and a
+bad one is a ConfigError that says what was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, UnknownNameError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
+PRECISIONS = ("fp32", "bf16", "amp")
+NOISE_TYPES = ("symmetric", "asymmetric")
+NAN_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = "resnet20"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    method: str = "ce"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    at: str | None = None  # adversarial-training scheme composed with the method
+    at_args: dict[str, Any] = field(default_factory=dict)
+    # data
+    data: str = "shapes"
+    data_args: dict[str, Any] = field(default_factory=dict)
+    samples_per_class: int | None = None
+    label_noise: float = 0.0
+    label_noise_type: str = "symmetric"
+    val_fraction: float = 0.0
+    crop_padding: int = 4
+    padding_mode: str = "reflect"
+    flip: bool = True
+    # budget and optimisation
+    epochs: int = 10
+    steps: int | None = None  # a step budget overrides epochs
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.15  # fraction of all steps spent warming up (onecycle, cosine)
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions (multistep)
+    gamma: float = 0.1
+    # speed and reproducibility
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    # bookkeeping
+    checkpoint_every: int | None = None  # also checkpoint every N steps (always each epoch)
+    log_every: int = 50
+    nan_policy: str = "stop"
+    eval_suite: str | None = "clean"
+    eval_n: int | None = None
+    progress: bool = True
+
+    def validate(self) -> TrainConfig:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("label_noise_type", self.label_noise_type, NOISE_TYPES)
+        _choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        _choice("padding_mode", self.padding_mode, ("reflect", "constant", "replicate"))
+        _range("epochs", self.epochs, 1)
+        _range("batch_size", self.batch_size, 1)
+        _range("lr", self.lr, 0.0, strict=True)
+        _range("weight_decay", self.weight_decay, 0.0)
+        _range("crop_padding", self.crop_padding, 0)
+        _range("log_every", self.log_every, 1)
+        _range("warmup", self.warmup, 0.0, 1.0)
+        _range("label_noise", self.label_noise, 0.0, 1.0)
+        _range("val_fraction", self.val_fraction, 0.0, 0.9)
+        if self.steps is not None:
+            _range("steps", self.steps, 1)
+        if self.samples_per_class is not None:
+            _range("samples_per_class", self.samples_per_class, 1)
+        if self.checkpoint_every is not None:
+            _range("checkpoint_every", self.checkpoint_every, 1)
+        if sorted(self.milestones) != self.milestones or not all(0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"milestones must be increasing fractions in (0, 1), got {self.milestones}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe by name (``cpu``, ``demo`` ...) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path
+    if name_or_path not in list_recipes():
+        raise UnknownNameError(
+            f"unknown recipe {name_or_path!r}; valid: {', '.join(list_recipes())} or a .yaml path"
+        )
+    return RECIPE_DIR / f"{name_or_path}.yaml"
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """The config keys of a recipe; a recipe may set ``extends: <other recipe>``."""
+    data = read_yaml(recipe_path(name_or_path))
+    for key in ("bench", "description"):  # benchmark-only sections are not training keys
+        data.pop(key, None)
+    parent = data.pop("extends", None)
+    return {**load_recipe(parent), **data} if parent else data
+
+
+def make_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge override layers (later wins) onto the defaults and validate."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    unknown = sorted(set(merged) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(field_names())}")
+    return TrainConfig(**merged).validate()
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict, values parsed as YAML scalars (``0.1``, ``true``, ``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} must look like key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse value of {what} {item!r}: {err}") from err
+    return out
+
+
+# ------------------------------------------------------------------ validation helpers
+_TYPES = {name: hint for name, hint in typing.get_type_hints(TrainConfig).items()}
+
+
+def _check_type(name: str, value: Any, _declared: Any) -> None:
+    hint = _TYPES[name]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if origin in (str, bool, dict, list) and isinstance(value, origin):
+            return
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"config {name!r} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"config {name!r} is {value!r}; valid: {', '.join(valid)}")
+
+
+def _range(name: str, value: float, low: float, high: float | None = None, strict: bool = False) -> None:
+    bad = value <= low if strict else value < low
+    if bad or (high is not None and value > high):
+        bound = f"> {low}" if strict else f">= {low}"
+        bound += f" and <= {high}" if high is not None else ""
+        raise ConfigError(f"config {name!r} must be {bound}, got {value}")

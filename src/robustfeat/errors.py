@@ -1,0 +1,32 @@
+"""User-facing errors: the CLI turns these into one clear message and exit code 2."""
+
+from __future__ import annotations
+
+
+class RobustfeatError(Exception):
+    """Bad input from the user (name, value, file); the message says what is wrong and what is valid."""
+
+
+class ConfigError(RobustfeatError, ValueError):
+    """A configuration value has the wrong type or range, or options do not combine."""
+
+
+class UnknownNameError(RobustfeatError, KeyError):
+    """A registry lookup for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DataError(RobustfeatError):
+    """A dataset cannot be read: missing path, corrupt image, inconsistent shapes."""
+
+
+class CheckpointError(RobustfeatError):
+    """A checkpoint is missing, truncated, corrupt, unsafe, or does not fit the model."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds (validation of user-provided values)."""
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,66 @@
+"""The Method contract (DESIGN.md "Method").
+
+A Method owns the model changes and the training step. The training loop only does::
+
+    out = method(x, y)          # {"loss": ..., "logits": ..., "<named parts>": ...}
+    out["loss"].backward()
+    optimizer.step(); method.after_step()
+
+and logs every other scalar in ``out``. Every attack and metric sees ``method.eval_model()``:
+a plain ``x in [0,1] -> logits`` module.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..models.base import StagedModel
+
+# An adaptive attack loss: (eval model's auxiliary outputs, labels) -> per-sample loss to maximise.
+AttackLoss = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class: subclasses set ``name`` and implement ``forward``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: StagedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training objective on a batch: at least ``loss`` and ``logits``."""
+
+    def eval_model(self) -> nn.Module:
+        """The ``x -> logits`` module every attack and metric uses (in its eval mode)."""
+        return self.model
+
+    def attack_losses(self) -> dict[str, AttackLoss]:
+        """Adaptive attack losses beyond CE/CW (e.g. CIFS's beta_atk sweep); none by default."""
+        return {}
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Modules the trainer may ``torch.compile`` in place; by default the backbone's nodes."""
+        return [module for _, module in self.model._nodes]
+
+    def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; override to give some parameters their own lr or decay."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], **base}]
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. L-ALFA's projection, schedules)."""
+
+    def epoch_log(self) -> dict[str, Any]:
+        """Values logged once per epoch (e.g. L-ALFA's eta)."""
+        return {}
