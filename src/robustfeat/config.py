@@ -39,6 +39,7 @@ class TrainConfig:
     # data
     data: str = "shapes"
     data_args: dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0  # subset / label noise / validation split (fixed across training seeds)
     samples_per_class: int | None = None
     label_noise: float = 0.0
     label_noise_type: str = "symmetric"

@@ -1,0 +1,161 @@
+"""The ``robustfeat`` command: train, eval, list, demo.
+
+Bad input (unknown names, bad values, unreadable files) is one clear message and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import RobustfeatError
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: same shape as ours
+        self.print_usage(sys.stderr)
+        print(f"robustfeat: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+# ------------------------------------------------------------------ train
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="RECIPE", help="recipe name (see `robustfeat list recipes`) or YAML path")
+    p.add_argument("--method", help="training method (see `robustfeat list methods`)")
+    p.add_argument("--model", help="backbone (see `robustfeat list models`; or timm/<name>)")
+    p.add_argument("--data", help="dataset: a registered name, folder:PATH or zip:PATH")
+    p.add_argument("--at", help="adversarial-training scheme composed with the method, or 'none'")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="step budget (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", help="fp32, bf16 (CPU/GPU autocast) or amp (CUDA fp16)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the backbone")
+    p.add_argument("--eval-suite", dest="eval_suite", help="evaluation suite run after training")
+    p.add_argument("--samples-per-class", type=int, dest="samples_per_class")
+    p.add_argument("--label-noise", type=float, dest="label_noise")
+    p.add_argument("-a", "--arg", action="append", metavar="K=V", help="method option (repeatable)")
+    p.add_argument("--at-arg", action="append", metavar="K=V", help="adversarial-training option")
+    p.add_argument("--model-arg", action="append", metavar="K=V", help="backbone option")
+    p.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option")
+    p.add_argument("--set", action="append", metavar="KEY=V", help="any config key (see `robustfeat list config`)")
+    p.add_argument("-o", "--out", help="run directory (default runs/<method>-<model>-<data>-seed<k>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from .config import load_recipe, make_config, parse_assignments
+
+    layers: list[dict[str, Any]] = []
+    if args.config:
+        layers.append(load_recipe(args.config))
+    flags = {k: getattr(args, k) for k in ("method", "model", "data", "epochs", "steps", "batch_size", "lr",
+                                             "seed", "device", "precision", "compile", "eval_suite",
+                                             "samples_per_class", "label_noise")}
+    layer = {k: v for k, v in flags.items() if v is not None}
+    if args.at is not None:
+        layer["at"] = None if args.at == "none" else args.at
+    if args.no_progress:
+        layer["progress"] = False
+    for key, items in (("method_args", args.arg), ("at_args", args.at_arg),
+                       ("model_args", args.model_arg), ("data_args", args.data_arg)):
+        if items:
+            base = next((lay[key] for lay in reversed(layers) if key in lay), {}) or {}
+            layer[key] = {**base, **parse_assignments(items, f"--{key.replace('_args', '-arg')}")}
+    layers.append(layer)
+    layers.append(parse_assignments(args.set, "--set"))
+    return make_config(*layers)
+
+
+def default_out(cfg: Any) -> Path:
+    data = cfg.data.replace(":", "-").replace("/", "_")[-40:]
+    at = f"+{cfg.at}" if cfg.at else ""
+    return Path("runs") / f"{cfg.method}{at}-{cfg.model.replace('/', '_')}-{data}-seed{cfg.seed}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else default_out(cfg)
+    results = train(cfg, out, resume=args.resume)
+    if results:
+        print(f"clean accuracy {results['clean']['accuracy']:.4f}  run: {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ list
+def _listers() -> dict[str, Callable[[], list[str]]]:
+    from .adversarial import list_schemes
+    from .config import field_names, list_recipes
+    from .data import list_datasets
+    from .methods import list_methods
+    from .models import list_models
+
+    return {
+        "models": lambda: [*list_models(), "timm/<any timm CNN, e.g. timm/resnet18>"],
+        "methods": list_methods,
+        "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH"],
+        "schemes": list_schemes,
+        "recipes": list_recipes,
+        "config": field_names,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    listers = _listers()
+    if args.what not in listers:
+        raise RobustfeatError(f"cannot list {args.what!r}; valid: {', '.join(listers)}")
+    print("\n".join(listers[args.what]()))
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=Path(args.out), methods=args.methods, seed=args.seed)
+    return 0
+
+
+# ------------------------------------------------------------------ entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    p = sub.add_parser("train", help="train a method on a backbone and dataset")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("list", help="list registered names")
+    p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="train every method briefly on the embedded shapes data and compare")
+    p.add_argument("-o", "--out", default="runs/demo")
+    p.add_argument("--methods", nargs="*", help="subset of methods (default: all registered)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RobustfeatError as err:
+        print(f"robustfeat: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("robustfeat: interrupted", file=sys.stderr)
+        return 130
+

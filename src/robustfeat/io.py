@@ -1,0 +1,153 @@
+"""Safe, atomic artifact I/O: weights as safetensors, metadata as JSON, never pickle.
+
+Every write goes to a temporary file in the same directory, is flushed and fsync'ed, then
+renamed over the target, so a reader (or a resumed run after kill -9) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import CheckpointError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN tokens); tensors and paths converted."""
+    return json.dumps(finite_or_none(obj), indent=indent, default=json_default, allow_nan=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, dumps(obj, indent=2).encode() + b"\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path} does not exist") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(plain, metadata=metadata))
+
+
+def load_tensors(path: Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated, corrupt or non-finite file is a CheckpointError.
+
+    Only safetensors is accepted: a pickle (e.g. a ``.pt`` from elsewhere) is refused unread.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {path} does not exist") from err
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
+        raise CheckpointError(
+            f"{path} is a pickle / torch.save file; robustfeat only loads safetensors "
+            "(pickles can run code when loaded). Convert it with safetensors.torch.save_file."
+        )
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt?): {err}") from err
+    if check_finite:
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise CheckpointError(f"{path} holds NaN/inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    return tensors
+
+
+def load_state_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """Load a state dict, turning a mismatch into one clear CheckpointError."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{source} does not fit this model (wrong architecture or classes?): " + "; ".join(parts))
+    module.load_state_dict(tensors)
+
+
+# ---------------------------------------------------------------- optimizer state
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into safetensors-able tensors and a JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], rest: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, entries in rest.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(entries)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"optimizer state does not fit this run: {err}") from err

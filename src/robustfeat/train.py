@@ -1,0 +1,497 @@
+"""The training loop: device, bf16/AMP, channels_last, torch.compile, checkpoints, resume, DDP.
+
+One step is ``for out in scheme.steps(method, x, y): out["loss"].backward(); optimizer.step()``;
+everything the method returns besides ``loss``/``logits`` is logged. Reproducibility: the batch
+order of epoch e and the augmentation of batch i derive from (seed, e, i), and the global RNG is
+re-seeded from (seed, step, rank) before each step, so a run resumed from any checkpoint takes
+exactly the steps an uninterrupted run takes (bit-identical weights on CPU).
+
+Run directory: config.yaml, metrics.jsonl, state.json (points at the latest complete checkpoint
+directory under checkpoints/), weights.safetensors (final), results.json (evaluation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from . import io
+from .adversarial.schemes import Scheme, create_scheme
+from .config import TrainConfig
+from .data import DataSplits, prepare_data
+from .data.loader import BatchLoader
+from .data.transforms import default_train_augment
+from .errors import ConfigError, RobustfeatError
+from .evaluate import evaluate
+from .methods import Method, create_method
+from .models import create_model
+from .provenance import provenance
+
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingDiverged(RobustfeatError):
+    """A loss became NaN/inf; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------ small pure pieces
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use cpu or auto")
+    return device
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total`` (per iteration)."""
+    t = step + 1
+    warm = cfg.warmup * total
+    if cfg.schedule == "onecycle":  # linear up to the peak, linear down to zero
+        return float(np.interp(t, [0, max(warm, 1e-9), total], [0.0, 1.0, 0.0]))
+    ramp = min(1.0, t / warm) if warm > 0 else 1.0
+    if cfg.schedule == "cosine":
+        progress = max(0.0, (t - warm) / max(total - warm, 1))
+        return ramp * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "multistep":
+        return ramp * cfg.gamma ** sum(t > m * total for m in cfg.milestones)
+    return ramp  # constant
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = method.param_groups({"lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def validate_names(cfg: TrainConfig) -> None:
+    """Fail fast on an unknown model, method, scheme or dataset name."""
+    from .adversarial.schemes import SCHEMES
+    from .data import check_dataset_spec
+    from .methods import METHODS
+    from .models import MODELS
+
+    if not cfg.model.startswith("timm/"):
+        MODELS.get(cfg.model)
+    METHODS.get(cfg.method)
+    if cfg.at not in (None, "none"):
+        SCHEMES.get(cfg.at)
+    check_dataset_spec(cfg.data)
+
+
+# ------------------------------------------------------------------ run directory
+@dataclass
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights.safetensors"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / CHECKPOINTS / f"step-{step:09d}"
+
+    def prepare(self) -> None:
+        """Create the directory and fail early, clearly, if it cannot be written or is full."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"0" * 4096)
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"output directory {self.root} is not writable: {err.strerror or err}") from err
+        free = shutil.disk_usage(self.root).free
+        if free < 50 * 2**20:
+            raise ConfigError(f"output directory {self.root} has only {free / 2**20:.1f} MiB free; need >= 50 MiB")
+
+
+def save_checkpoint(run: RunDir, method: Method, optimizer: torch.optim.Optimizer, step: int,
+                    extra: dict[str, Any]) -> None:
+    """Write checkpoints/step-N/ completely, then point state.json at it, then drop older ones."""
+    final = run.checkpoint(step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    io.save_tensors(tmp / "weights.safetensors", method.state_dict())
+    opt_tensors, opt_rest = optimizer_state(optimizer)
+    io.save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+    io.write_json(tmp / "optimizer.json", opt_rest)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    io.write_json(run.state, {"step": step, "checkpoint": str(final.relative_to(run.root)), **extra})
+    for old in (run.root / CHECKPOINTS).iterdir():
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return io.optimizer_to_tensors(optimizer)
+
+
+def load_checkpoint(run: RunDir, method: Method, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    state = io.read_json(run.state)
+    ckpt = run.root / state["checkpoint"]
+    io.load_state_into(method, io.load_tensors(ckpt / "weights.safetensors"), ckpt)
+    io.optimizer_from_tensors(optimizer, io.load_tensors(ckpt / "optimizer.safetensors", check_finite=False),
+                              io.read_json(ckpt / "optimizer.json"))
+    return state
+
+
+# ------------------------------------------------------------------ metrics
+class RunningMetrics:
+    """Sums of every scalar the method returns, kept as tensors (no per-step sync)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.skipped = 0
+        self.correct = 0.0
+        self.seen = 0
+
+    def add(self, out: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for key, value in out.items():
+            if key == "logits" or not isinstance(value, torch.Tensor) or value.numel() != 1:
+                continue
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        logits = out.get("logits")
+        if logits is not None and logits.shape[0] == y.shape[0] and y.ndim == 1:
+            self.correct += (logits.detach().argmax(1) == y).sum()
+            self.seen += y.shape[0]
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        out = {k: (v / max(self.count, 1)).item() for k, v in self.sums.items()}
+        if self.seen:
+            out["train_acc"] = float(self.correct) / self.seen
+        if self.skipped:
+            out["skipped_batches"] = self.skipped
+        return out
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(io.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------ the trainer
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    run: RunDir
+    data: DataSplits
+    method: Method
+    scheme: Scheme
+    device: torch.device
+    dist: Distributed
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, out: str | Path, data: DataSplits | None = None) -> Trainer:
+        device = resolve_device(cfg.device)
+        distributed = setup_distributed(device)
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank)
+            torch.cuda.set_device(device)
+        validate_names(cfg)  # before any data is loaded or output written
+        run = RunDir(Path(out))
+        if data is None:
+            data = prepare_data(
+                cfg.data,
+                samples_per_class=cfg.samples_per_class,
+                label_noise=cfg.label_noise,
+                label_noise_type=cfg.label_noise_type,
+                val_fraction=cfg.val_fraction,
+                seed=cfg.data_seed,
+                **cfg.data_args,
+            )
+        torch.manual_seed(cfg.seed)  # model initialisation
+        model = create_model(cfg.model, data.num_classes, mean=data.mean, std=data.std, **cfg.model_args)
+        method = create_method(cfg.method, model, **cfg.method_args)
+        scheme = create_scheme(cfg.at, **cfg.at_args)
+        if distributed.main:
+            run.prepare()
+        method.to(device)
+        if cfg.channels_last:
+            method.to(memory_format=torch.channels_last)
+        return cls(cfg, run, data, method, scheme, device, distributed)
+
+    # -------------------------------------------------------------- helpers
+    def loader(self) -> BatchLoader:
+        return BatchLoader(
+            self.data.train,
+            self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            augment=default_train_augment(self.cfg.crop_padding, self.cfg.padding_mode, self.cfg.flip),
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.device,
+        )
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
+        return max(1, budget // self.scheme.replays)
+
+    def run_info(self) -> dict[str, Any]:
+        return {
+            "method": self.cfg.method,
+            "at": self.cfg.at,
+            "model": self.cfg.model,
+            "data": self.cfg.data,
+            "seed": self.cfg.seed,
+            "epochs": self.cfg.epochs,
+            **provenance(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def _forward_module(self) -> nn.Module:
+        if self.dist.world_size > 1:
+            return nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        return self.method
+
+    def _check_finite(self, out: dict[str, torch.Tensor], step: int) -> bool:
+        loss = out["loss"]
+        if torch.isfinite(loss).all():
+            return True
+        parts = {k: v.item() for k, v in out.items()
+                 if k != "logits" and isinstance(v, torch.Tensor) and v.numel() == 1}
+        bad = [k for k, v in parts.items() if not math.isfinite(v) and k != "loss"] or ["loss"]
+        message = (f"non-finite loss at step {step}: {', '.join(f'{k}={parts.get(k)}' for k in bad)} "
+                   f"(all parts: {parts})")
+        if self.cfg.nan_policy == "skip":
+            self.console_log(f"[yellow]skipping batch[/]: {message}")
+            return False
+        raise TrainingDiverged(message + "; the last good checkpoint is kept in " + str(self.run.root))
+
+    def console_log(self, message: str) -> None:
+        if self.dist.main:
+            from rich.console import Console
+
+            Console(stderr=True).log(message)
+
+    # -------------------------------------------------------------- main loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg, run = self.cfg, self.run
+        loader = self.loader()
+        steps_per_epoch = len(loader)
+        if steps_per_epoch == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
+                              f"({len(self.data.train)} samples); lower it")
+        total = self.total_steps(steps_per_epoch)
+        optimizer = build_optimizer(self.method, cfg)
+        step = 0
+        state: dict[str, Any] = {}
+        if resume and run.state.exists():
+            state = load_checkpoint(run, self.method, optimizer)
+            step = state["step"]
+            self.console_log(f"resumed {run.root} at step {step}/{total}")
+        elif self.dist.main:
+            run.metrics.unlink(missing_ok=True)
+            run.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            io.write_json(run.root / "provenance.json", provenance())
+        if cfg.compile:
+            for module in self.method.compile_targets():
+                module.compile()
+        log = MetricsLog(run.metrics, self.dist.main)
+        forward = self._forward_module()
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "amp" and self.device.type == "cuda" else None
+        train_seconds = float(state.get("train_seconds", 0.0))
+        self.method.train()
+
+        with self._progress(total, step) as advance:
+            while step < total:
+                epoch, index = divmod(step, steps_per_epoch)
+                batches = loader.batches(epoch, start=index)
+                metrics = RunningMetrics()
+                epoch_start, epoch_images = time.perf_counter(), 0
+                for x, y in batches:
+                    if step >= total:
+                        break
+                    self._train_step(forward, optimizer, scaler, x, y, step, total, metrics)
+                    epoch_images += x.shape[0] * self.dist.world_size
+                    step += 1
+                    advance(metrics)
+                    if step % cfg.log_every == 0:
+                        log.write({"step": step, "epoch": epoch, **metrics.summary(),
+                                   "lr": optimizer.param_groups[0]["lr"]})
+                    at_epoch_end = step % steps_per_epoch == 0 or step == total
+                    if at_epoch_end or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                        seconds = time.perf_counter() - epoch_start
+                        train_seconds += seconds
+                        epoch_start = time.perf_counter()
+                        if at_epoch_end:
+                            record = {"epoch": epoch + 1, "step": step, **metrics.summary(),
+                                      "lr": optimizer.param_groups[0]["lr"],
+                                      "img_per_s": epoch_images / max(seconds, 1e-9),
+                                      "train_seconds": train_seconds, **self.method.epoch_log()}
+                            log.write(record)
+                            self.console_log(_epoch_line(record))
+                        if self.dist.main:
+                            save_checkpoint(run, self.method, optimizer, step,
+                                            {"total_steps": total, "train_seconds": train_seconds,
+                                             "finished": step >= total})
+                        if self.dist.world_size > 1:
+                            dist.barrier()
+                        epoch_images = 0
+        return self.finish(train_seconds)
+
+    def _train_step(self, forward: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                    x: torch.Tensor, y: torch.Tensor, step: int, total: int,
+                    metrics: RunningMetrics) -> None:
+        torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
+        factor = lr_factor(step, total, self.cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.cfg.precision, self.device):
+            for out in self.scheme.steps(self.method, x, y, forward=forward):
+                optimizer.zero_grad(set_to_none=True)
+                if not self._check_finite(out, step):
+                    metrics.skipped += 1
+                    continue
+                if scaler is not None:
+                    scaler.scale(out["loss"]).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    out["loss"].backward()
+                    optimizer.step()
+                self.method.after_step()
+                metrics.add(out, y)
+
+    @contextlib.contextmanager
+    def _progress(self, total: int, start: int) -> Iterator[Any]:
+        if not (self.cfg.progress and self.dist.main):
+            yield lambda metrics: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True) as bar:
+            task = bar.add_task("train", total=total, completed=start, info="")
+
+            def advance(metrics: RunningMetrics) -> None:
+                if metrics.count % 10 == 0:
+                    summary = metrics.summary()
+                    info = f"loss {summary.get('loss', float('nan')):.3f} acc {summary.get('train_acc', 0):.3f}"
+                    bar.update(task, advance=1, info=info)
+                else:
+                    bar.update(task, advance=1)
+
+            yield advance
+
+    def finish(self, train_seconds: float) -> dict[str, Any]:
+        """Save the final weights and evaluate the test split into results.json."""
+        run, cfg = self.run, self.cfg
+        if not self.dist.main:
+            return {}
+        io.save_tensors(run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"})
+        start = time.perf_counter()
+        results = evaluate(self.method, self.data.test, suite=cfg.eval_suite or "clean", n=cfg.eval_n,
+                           run=self.run_info())
+        results["run"]["train_seconds"] = train_seconds
+        results["run"]["eval_seconds"] = time.perf_counter() - start
+        io.write_json(run.results, results)
+        self.console_log(f"clean test accuracy {results['clean']['accuracy']:.4f} -> {run.results}")
+        return results
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']}"]
+    parts += [f"{k} {v:.4f}" for k, v in record.items()
+              if k.startswith("loss") or k == "train_acc"]
+    parts.append(f"{record['img_per_s']:.0f} img/s")
+    return "  ".join(parts)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data: DataSplits | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into run directory ``out`` (resuming from its last checkpoint if asked)."""
+    trainer = Trainer.create(cfg, out, data)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        if trainer.dist.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
