@@ -21,8 +21,9 @@ from torch import nn
 
 from ..models.base import StagedModel
 
-# An adaptive attack loss: (eval model's auxiliary outputs, labels) -> per-sample loss to maximise.
-AttackLoss = Callable[[Any, torch.Tensor], torch.Tensor]
+# An adaptive attack objective: (x_adv in [0,1], labels) -> per-sample loss for the attacker to
+# maximise; it runs whatever forward it needs (e.g. final and probe logits), in eval mode.
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Method(nn.Module, abc.ABC):
@@ -47,7 +48,8 @@ class Method(nn.Module, abc.ABC):
         return self.model
 
     def attack_losses(self) -> dict[str, AttackLoss]:
-        """Adaptive attack losses beyond CE/CW (e.g. CIFS's beta_atk sweep); none by default."""
+        """Adaptive attack objectives beyond CE/CW on the final logits (e.g. CIFS's beta_atk sweep),
+        by name; the evaluator attacks with each and reports the per-sample worst case."""
         return {}
 
     def compile_targets(self) -> list[nn.Module]:
