@@ -35,9 +35,10 @@ def small(name: str, num_classes: int = 7, **kw) -> StagedModel:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """These models are tiny: one thread is ~10x faster than two on the shared, loaded machine
-    (thread sync dominates); the conftest's setting is restored afterwards."""
+    (thread sync dominates); the conftest's setting is restored afterwards. Also used by
+    test_models_timm.py."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

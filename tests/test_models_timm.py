@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub
@@ -17,6 +16,7 @@ from safetensors.torch import save_file
 from robustfeat.errors import CheckpointError, ConfigError, UnknownNameError
 from robustfeat.models import create_model, list_models
 from robustfeat.models.timm_adapter import _adapt
+from test_models import one_torch_thread  # noqa: F401 (shared autouse fixture)
 
 # Small real families: ResNet (resnet10t), EfficientNet and ConvNeXt (timm's test_* variants of the
 # same classes), MobileNetV3 (its head has layers after pooling).
@@ -44,16 +44,6 @@ def timm_and_adapted(
         **kw,
     ).eval()
     return reference, adapted, mean, std
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one thread is ~10x faster than two on the shared, loaded machine
-    (thread sync dominates); the conftest's setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
