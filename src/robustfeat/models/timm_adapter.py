@@ -286,9 +286,16 @@ def _as_linear(module: nn.Module) -> nn.Linear | None:
     return None
 
 
-def _adapt(
-    model: nn.Module, arch: str, num_classes: int, cam_head: bool, default_input_size: int
-) -> TimmStagedModel:
+def _is_channel_norm(module: nn.Module) -> bool:
+    """A norm over the channels of an NCHW map (BatchNorm2d, timm's LayerNorm2d / RmsNorm2d),
+    so it can run per pixel before the pooling; ``nn.LayerNorm`` (last dim) cannot."""
+    return type(module).__name__.endswith("Norm2d") or isinstance(module, nn.GroupNorm)
+
+
+def _split(
+    model: nn.Module, arch: str
+) -> tuple[list[dict], list[nn.Module], list[list[nn.Module]], list[nn.Module]]:
+    """(stage feature_info, stem modules, modules of each stage, head modules after the stage)."""
     info = getattr(model, "feature_info", None)
     if not info:
         raise _not_staged(arch, "timm gives it no feature_info")
@@ -296,13 +303,6 @@ def _adapt(
     reductions = [f["reduction"] for f in stage_info]
     if len(stage_info) < 2 or any(a >= b for a, b in itertools.pairwise(reductions)):
         raise _not_staged(arch, f"feature_info reductions {[f['reduction'] for f in info]}")
-    drop_rate = float(getattr(model, "drop_rate", 0.0) or 0.0)
-    if drop_rate > 0:
-        raise ConfigError(
-            f"timm/{arch}: classifier dropout (drop_rate={drop_rate}) is not supported, the "
-            f"adapted head is GAP + Linear; pass drop_rate=0 (drop_path_rate is fine)"
-        )
-
     chain = _chain(model, [f["module"] for f in stage_info], arch)
     names = [name for name, _ in chain]
     missing = [f["module"] for f in stage_info if f["module"] not in names]
@@ -311,27 +311,35 @@ def _adapt(
     ends = [names.index(f["module"]) for f in stage_info]
     if ends[0] == 0:
         raise _not_staged(arch, "no stem before the first stage")
-    groups = [chain[: ends[0]]] + [
-        chain[start + 1 : end + 1] for start, end in zip([ends[0] - 1, *ends], ends, strict=False)
-    ]
-    head = _head_parts(chain[ends[-1] + 1 :])
+    modules = [m for _, m in chain]
+    starts = [ends[0], *(end + 1 for end in ends[:-1])]
+    stages = [modules[start : end + 1] for start, end in zip(starts, ends, strict=True)]
+    return stage_info, modules[: ends[0]], stages, _head_parts(chain[ends[-1] + 1 :])
+
+
+def _adapt(
+    model: nn.Module, arch: str, num_classes: int, cam_head: bool, default_input_size: int
+) -> TimmStagedModel:
+    drop_rate = float(getattr(model, "drop_rate", 0.0) or 0.0)
+    if drop_rate > 0:
+        raise ConfigError(
+            f"timm/{arch}: classifier dropout (drop_rate={drop_rate}) is not supported, the "
+            f"adapted head is GAP + Linear; pass drop_rate=0 (drop_path_rate is fine)"
+        )
+    stage_info, stem_modules, stage_modules, head = _split(model, arch)
     pool_at = next((i for i, m in enumerate(head) if _is_global_pool(m)), None)
     if pool_at is None:
         raise _not_staged(arch, "no global pooling before the classifier")
-    pool = head[pool_at]
+    pool, post = head[pool_at], head[pool_at + 1 :]
     if not _is_avg_pool(pool):
         raise ConfigError(
             f"timm/{arch}: global pooling {getattr(pool, 'pool_type', pool)!r} is not average "
             f"pooling, which CAM and the GAP + Linear head need; pass global_pool='avg'"
         )
-
-    stem = _as_node([m for _, m in groups[0]])
-    stage_modules = [[m for _, m in group] for group in groups[1:]]
-    stage_modules[-1] += head[:pool_at]  # pre-pooling feature layers end the last stage
-
-    post = head[pool_at + 1 :]
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in post):
         raise ConfigError(f"timm/{arch}: head dropout is not supported (GAP + Linear head)")
+    stem = _as_node(stem_modules)
+    stage_modules[-1] += head[:pool_at]  # pre-pooling feature layers end the last stage
 
     # Check the split: stem, stages, GAP and the post-pooling layers must reproduce timm's forward.
     model.eval()
@@ -349,7 +357,7 @@ def _adapt(
             unflatten = [nn.Unflatten(1, (pooled.shape[1], 1, 1))] if pooled.dim() == 4 else []
             exact_head = nn.Sequential(*unflatten, *post)
             logits = exact_head(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-        except (RuntimeError, AssertionError, ValueError) as err:
+        except (RuntimeError, AssertionError, ValueError, TypeError) as err:
             raise _not_staged(arch, f"running its modules in order failed: {err}") from err
     for feature, out in zip(stage_info[:-1], outputs[1:-1], strict=True):
         if out.dim() != 4 or out.shape[1] != feature["num_chs"]:
@@ -360,21 +368,19 @@ def _adapt(
 
     core = [m for m in post if not _is_trivial(m)]
     fc = _as_linear(core[0]) if len(core) == 1 else None
-    moved_norm = False
-    if (
+    moved_norm = (
         fc is None
         and cam_head
         and len(core) == 2
         and pooled.dim() == 4
-        and "Norm" in type(core[0]).__name__
+        and _is_channel_norm(core[0])
         and _as_linear(core[1]) is not None
-    ):
+    )
+    if moved_norm:
         stage_modules[-1].append(core[0])  # per-pixel norm before GAP (a different function)
         fc = _as_linear(core[1])
-        moved_norm = True
     if fc is None:  # keep timm's post-pooling layers: exact, but no GAP + Linear head for CAM
         fc = exact_head
-
     stages = {f"stage{i + 1}": _as_node(modules) for i, modules in enumerate(stage_modules)}
     adapted = TimmStagedModel(
         stem, stages, fc, num_classes, default_input_size, arch, matches_timm_forward=not moved_norm
