@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from robustfeat.errors import ConfigError, UnknownNameError
 from robustfeat.models import TIMM_MODELS_HINT, StagedModel, create_model, list_models
+from robustfeat.models.preact_resnet import PreActBlock
 
 # Small widths/depths so that every model runs in milliseconds; the structure is unchanged.
 SMALL_KWARGS: dict[str, dict] = {
@@ -212,6 +213,28 @@ def test_preact_nets_end_their_last_stage_with_bn_relu(x: torch.Tensor) -> None:
         )
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
         assert model.node_of_stage(last_stage) == model.node_names[-1]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(4, 4, 1), (4, 8, 2)])
+def test_preact_block_is_he_et_al_identity_mapping(c_in: int, c_out: int, stride: int) -> None:
+    """out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + skip, skip = x or proj(relu(bn1(x)))."""
+    block = PreActBlock(c_in, c_out, stride).eval()
+    with torch.no_grad():
+        for bn in (block.bn1, block.bn2):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, c_in, 8, 8)
+
+    def bn(m: torch.nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, eps=m.eps)
+
+    pre = F.relu(bn(block.bn1, x))
+    inner = F.conv2d(pre, block.conv1.weight, stride=stride, padding=1)
+    out = F.conv2d(F.relu(bn(block.bn2, inner)), block.conv2.weight, padding=1)
+    skip = x if block.shortcut is None else F.conv2d(pre, block.shortcut.weight, stride=stride)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out + skip)
+    assert (block.shortcut is None) == (stride == 1 and c_in == c_out)
 
 
 def test_wrn_depth_sets_blocks_per_stage() -> None:
