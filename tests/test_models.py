@@ -4,7 +4,6 @@ CAM exactness) for every registered model, and the papers' parameter counts and 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,17 +32,6 @@ ALL_MODELS = list_models()
 
 def small(name: str, num_classes: int = 7, **kw) -> StagedModel:
     return create_model(name, num_classes, MEAN, STD, **SMALL_KWARGS[name], **kw)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """These models are tiny: one thread is ~10x faster than two on the shared, loaded machine
-    (thread sync dominates); the conftest's setting is restored afterwards. Also used by
-    test_models_timm.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

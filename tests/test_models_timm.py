@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from robustfeat.errors import CheckpointError, ConfigError, UnknownNameError
 from robustfeat.models import create_model, list_models
 from robustfeat.models.timm_adapter import _adapt
-from test_models import one_torch_thread  # noqa: F401 (shared autouse fixture)
 
 # Small real families: ResNet (resnet10t), EfficientNet and ConvNeXt (timm's test_* variants of the
 # same classes), MobileNetV3 (its head has layers after pooling).

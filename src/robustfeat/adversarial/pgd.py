@@ -63,7 +63,9 @@ def _resolve_loss(loss: str | LogitLoss) -> LogitLoss:
     if callable(loss):
         return loss
     if loss not in LOGIT_LOSSES:
-        raise ConfigError(f"unknown attack loss {loss!r}; valid: {', '.join(LOGIT_LOSSES)} or a callable")
+        raise ConfigError(
+            f"unknown attack loss {loss!r}; valid: {', '.join(LOGIT_LOSSES)} or a callable"
+        )
     return LOGIT_LOSSES[loss]
 
 
@@ -80,7 +82,9 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> tor
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def random_init(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_init(
+    x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Uniform start in the eps-ball (L2: uniform direction, radius eps * u^(1/d))."""
     if norm == "linf":
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
@@ -98,13 +102,17 @@ def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tens
     return step_size * grad / _flat_norm(grad)
 
 
-def validate_attack(eps: float, steps: int, step_size: float | None, norm: str, restarts: int) -> None:
+def validate_attack(
+    eps: float, steps: int, step_size: float | None, norm: str, restarts: int
+) -> None:
     if norm not in ("linf", "l2"):
         raise ConfigError(f"norm must be linf or l2, got {norm!r}")
     if not eps >= 0:
         raise ConfigError(f"eps must be >= 0 (pixel units of [0,1] images), got {eps}")
     if steps < 1 or restarts < 1:
-        raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        raise ConfigError(
+            f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}"
+        )
     if step_size is not None and not step_size > 0:
         raise ConfigError(f"step_size must be > 0, got {step_size}")
 
@@ -195,5 +203,15 @@ def fgsm(
     mode: str = "eval",
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x."""
-    return pgd(model, x, y, eps=eps, steps=1, step_size=eps, loss=loss, objective=objective,
-               random_start=False, mode=mode)
+    return pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        steps=1,
+        step_size=eps,
+        loss=loss,
+        objective=objective,
+        random_start=False,
+        mode=mode,
+    )
