@@ -1,4 +1,4 @@
-"""The procedurally generated `shapes` dataset: format, determinism, masks, sizes, spurious colour."""
+"""The generated `shapes` dataset: format, determinism, masks, sizes, spurious colour."""
 
 import colorsys
 import math

@@ -61,7 +61,7 @@ def test_random_crop_uses_one_offset_per_image_from_the_generator():
         torch.randint(0, 9, (64,), generator=draw),
     )
     assert torch.equal(out, crop_at(batch, 4, top, left))
-    assert len({(int(t), int(l)) for t, l in zip(top, left, strict=True)}) > 10
+    assert len({(int(t), int(c)) for t, c in zip(top, left, strict=True)}) > 10
 
 
 def test_flip():
@@ -80,7 +80,7 @@ def test_pipeline_range_determinism_and_composition():
     batch = torch.rand(16, 3, 8, 8, generator=generator(3))
     augment = default_train_augment(4, "reflect", True)
     out = augment(batch, generator(9))
-    assert out.shape == batch.shape and 0.0 <= out.min() and out.max() <= 1.0
+    assert out.shape == batch.shape and out.min() >= 0.0 and out.max() <= 1.0
     assert torch.equal(out, augment(batch, generator(9)))
     g = generator(9)
     by_hand = random_hflip(random_crop(batch, g, 4, "reflect"), g)
