@@ -25,6 +25,9 @@ share images, and the same options give byte-identical data on every machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -136,30 +139,34 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
+@dataclass(frozen=True)
+class ShapesStyle:
+    """How images are drawn (the options of ``shapes`` other than counts and seed)."""
+
+    image_size: int = 32
+    size_range: tuple[float, float] = (0.25, 0.6)  # object diameter / image side
+    spurious_p: float = 0.0  # P(background hue = class hue)
+    noise: float = 0.05  # std of per-pixel Gaussian noise
+    texture: float = 0.35  # largest brightness modulation of the background gratings
+    max_rotation: float = 180.0  # degrees, uniform in [-max, max]
+    antialias: bool = True
+
+
 def _render_chunk(
-    labels: torch.Tensor,
-    image_size: int,
-    size_range: tuple[float, float],
-    class_hue: torch.Tensor | None,
-    spurious_p: float,
-    noise: float,
-    texture: float,
-    max_rotation: float,
-    antialias: bool,
-    generator: torch.Generator,
+    labels: torch.Tensor, style: ShapesStyle, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one chunk of images (uint8 N,3,S,S) and their object masks (bool N,S,S)."""
-    n, side = labels.shape[0], image_size
+    n, side = labels.shape[0], style.image_size
     # ---- per-image parameters
-    diameter = _uniform(n, *size_range, generator) * side
+    diameter = _uniform(n, *style.size_range, generator) * side
     radius = diameter / 2
     cx = radius + torch.rand(n, generator=generator) * (side - diameter)
     cy = radius + torch.rand(n, generator=generator) * (side - diameter)
-    angle = _uniform(n, -max_rotation, max_rotation, generator) * (math.pi / 180)
+    angle = _uniform(n, -style.max_rotation, style.max_rotation, generator) * (math.pi / 180)
     bg_hue = torch.rand(n, generator=generator)
-    if class_hue is not None:
-        use_class = torch.rand(n, generator=generator) < spurious_p
-        bg_hue = torch.where(use_class, class_hue[labels], bg_hue)
+    if style.spurious_p > 0:
+        use_class = torch.rand(n, generator=generator) < style.spurious_p
+        bg_hue = torch.where(use_class, labels.float() / len(SHAPE_NAMES), bg_hue)
     fg_hue = (bg_hue + _uniform(n, 0.2, 0.8, generator)) % 1.0
     # The object differs from the background in hue (by 0.2-0.8) and in brightness (by 0.25-0.5,
     # up or down), so its outline is always a visible edge whatever the colours.
@@ -186,7 +193,7 @@ def _render_chunk(
             distance[rows] = shape_sdf(name, u[rows], v[rows]) * radius[rows, None]  # in pixels
     distance = distance.view(n, side, side)
     # antialiasing: a pixel is covered linearly over the one-pixel band across the outline
-    coverage = (0.5 - distance).clamp_(0, 1) if antialias else (distance <= 0).float()
+    coverage = (0.5 - distance).clamp_(0, 1) if style.antialias else (distance <= 0).float()
 
     # ---- textured background: brightness modulated by two random gratings per image
     grating = torch.zeros(n, side, side)
@@ -196,47 +203,41 @@ def _render_chunk(
         phase = torch.rand(n, generator=generator) * (2 * math.pi)
         proj = torch.cos(theta)[:, None, None] * px + torch.sin(theta)[:, None, None] * py
         grating += 0.5 * torch.sin(freq[:, None, None] * proj + phase[:, None, None])
-    amplitude = _uniform(n, texture / 3, texture, generator)[:, None, None]
+    amplitude = _uniform(n, style.texture / 3, style.texture, generator)[:, None, None]
     background = bg_rgb[:, :, None, None] * (1 + amplitude * grating)[:, None]
     alpha = coverage[:, None]
     image = background * (1 - alpha) + fg_rgb[:, :, None, None] * alpha
-    image += noise * torch.randn(image.shape, generator=generator)
+    image += style.noise * torch.randn(image.shape, generator=generator)
     pixels = image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return pixels, distance <= 0
 
 
-def generate_shapes(
-    n: int,
-    generator: torch.Generator,
-    *,
-    image_size: int = 32,
-    size_range: tuple[float, float] = (0.25, 0.6),
-    spurious_p: float = 0.0,
-    noise: float = 0.05,
-    texture: float = 0.35,
-    max_rotation: float = 180.0,
-    antialias: bool = True,
-) -> ImageDataset:
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Run torch ops single-threaded for a while.
+
+    Rendering is many small element-wise ops: a second thread gains little on an idle machine,
+    but on a loaded one (several processes per core) each op waits for a descheduled thread;
+    measured on this 2-core machine under load: 4000 images in 3 s with 1 thread, 27-54 s with 2.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def generate_shapes(n: int, generator: torch.Generator, style: ShapesStyle) -> ImageDataset:
     """``n`` balanced samples (labels ``arange(n) % 10``, shuffled) drawn from ``generator``."""
-    num_classes = len(SHAPE_NAMES)
+    num_classes, side = len(SHAPE_NAMES), style.image_size
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
-    class_hue = torch.arange(num_classes, dtype=torch.float32) / num_classes if spurious_p else None
-    images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
-    masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
-    for start in range(0, n, _CHUNK):
-        part = slice(start, start + _CHUNK)
-        images[part], masks[part] = _render_chunk(
-            labels[part],
-            image_size,
-            size_range,
-            class_hue,
-            spurious_p,
-            noise,
-            texture,
-            max_rotation,
-            antialias,
-            generator,
-        )
+    images = torch.empty(n, 3, side, side, dtype=torch.uint8)
+    masks = torch.empty(n, side, side, dtype=torch.bool)
+    with _one_intra_op_thread():
+        for start in range(0, n, _CHUNK):
+            part = slice(start, start + _CHUNK)
+            images[part], masks[part] = _render_chunk(labels[part], style, generator)
     return ImageDataset(
         images=images,
         labels=labels,
@@ -255,13 +256,13 @@ def load_shapes(
     download: bool = False,
     n_train: int = 10_000,
     n_test: int = 2_000,
-    image_size: int = 32,
-    size_range: tuple[float, float] | list[float] = (0.25, 0.6),
-    spurious_p: float = 0.0,
-    noise: float = 0.05,
-    texture: float = 0.35,
-    max_rotation: float = 180.0,
-    antialias: bool = True,
+    image_size: int = ShapesStyle.image_size,
+    size_range: tuple[float, float] | list[float] = ShapesStyle.size_range,
+    spurious_p: float = ShapesStyle.spurious_p,
+    noise: float = ShapesStyle.noise,
+    texture: float = ShapesStyle.texture,
+    max_rotation: float = ShapesStyle.max_rotation,
+    antialias: bool = ShapesStyle.antialias,
     render_seed: int = 0,
 ) -> ImageDataset:
     """The ``shapes`` dataset (``root`` and ``download`` are ignored: it is generated).
@@ -287,29 +288,26 @@ def load_shapes(
     check(
         0.0 <= spurious_p <= 1.0, f"shapes option spurious_p must be in [0, 1], got {spurious_p!r}"
     )
-    check(noise >= 0.0, f"shapes option noise must be >= 0, got {noise!r}")
-    size_range = (float(size_range[0]), float(size_range[1]))
-    dataset = generate_shapes(
-        n_train if split == "train" else n_test,
-        make_generator("shapes", int(render_seed), split),
+    for key, value in (("noise", noise), ("texture", texture), ("max_rotation", max_rotation)):
+        check(value >= 0.0, f"shapes option {key} must be >= 0, got {value!r}")
+    style = ShapesStyle(
         image_size=image_size,
-        size_range=size_range,
-        spurious_p=spurious_p if split == "train" else 0.0,
+        size_range=(float(size_range[0]), float(size_range[1])),
+        spurious_p=spurious_p if split == "train" else 0.0,  # test: correlation broken
         noise=noise,
         texture=texture,
         max_rotation=max_rotation,
         antialias=antialias,
     )
+    dataset = generate_shapes(
+        n_train if split == "train" else n_test,
+        make_generator("shapes", int(render_seed), split),
+        style,
+    )
     dataset.meta.update(
         source="shapes",
         split=split,
         render_seed=render_seed,
-        image_size=image_size,
-        size_range=list(size_range),
-        spurious_p=spurious_p,
-        noise=noise,
-        texture=texture,
-        max_rotation=max_rotation,
-        antialias=antialias,
+        **asdict(style),  # spurious_p as applied to this split (0 for test)
     )
     return dataset
