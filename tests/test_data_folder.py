@@ -112,6 +112,9 @@ def test_zip_cache_reused(tmp_path, monkeypatch):
     first = load_dataset(f"zip:{archive}", "train")
     monkeypatch.setattr(folder_module.Image, "open", lambda *a, **k: 1 / 0)
     assert torch.equal(load_dataset(f"zip:{archive}", "train").images, first.images)
+    (tmp_path / "sub").mkdir()
+    same_file = tmp_path / "sub" / ".." / "d.zip"  # another spelling of the path: same cache
+    assert torch.equal(load_dataset(f"zip:{same_file}", "train").images, first.images)
 
 
 def test_process_pool_decodes_the_same(tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ def load_folder(
     progress: bool = True,
 ) -> ImageDataset:
     """An ImageFolder tree on disk (``root``/``download`` are ignored)."""
-    source = Path(path).expanduser().absolute()
+    source = Path(path).expanduser().resolve()
     if not source.exists():
         raise DataError(f"folder:{path}: {source} does not exist")
     if not source.is_dir():
@@ -84,7 +84,7 @@ def load_zip(
     progress: bool = True,
 ) -> ImageDataset:
     """An ImageFolder tree inside a zip file (``root``/``download`` are ignored)."""
-    source = Path(path).expanduser().absolute()
+    source = Path(path).expanduser().resolve()
     if not source.is_file():
         raise DataError(f"zip:{path}: {source} does not exist or is not a file")
 
