@@ -20,6 +20,12 @@ always random, so a model that learned the background colour fails on test.
 
 Train and test are drawn with different seeds derived from one ``render_seed``, so they never
 share images, and the same options give byte-identical data on every machine.
+
+Difficulty: the defaults (diameter 0.4-0.8 of the side, rotation within ±30°) are chosen so a
+small CNN learns the task in a couple of epochs without solving it: ResNet-20 (width 8), Adam
+one-cycle, batch 64, 2 epochs of the 10k train images -> 70 % test accuracy (circle / square /
+hexagon and cross / star are the confusions). Smaller objects and full rotation are much
+harder: (0.25, 0.6) with ±180° gave 36 % under the same budget.
 """
 
 from __future__ import annotations
@@ -144,11 +150,11 @@ class ShapesStyle:
     """How images are drawn (the options of ``shapes`` other than counts and seed)."""
 
     image_size: int = 32
-    size_range: tuple[float, float] = (0.25, 0.6)  # object diameter / image side
+    size_range: tuple[float, float] = (0.4, 0.8)  # object diameter / image side
     spurious_p: float = 0.0  # P(background hue = class hue)
     noise: float = 0.05  # std of per-pixel Gaussian noise
     texture: float = 0.35  # largest brightness modulation of the background gratings
-    max_rotation: float = 180.0  # degrees, uniform in [-max, max]
+    max_rotation: float = 30.0  # degrees, uniform in [-max, max]
     antialias: bool = True
 
 
