@@ -2,6 +2,9 @@
 
 Every write goes to a temporary file in the same directory, is flushed and fsync'ed, then
 renamed over the target, so a reader (or a resumed run after kill -9) never sees half a file.
+A write that fails (permissions, disk full) is an OutputError naming the file; names that come
+from configs pass ``safe_name`` before they become paths, so no config can write outside its
+output directory.
 """
 
 from __future__ import annotations
@@ -19,22 +22,49 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, OutputError
+
+TMP_SUFFIX = ".tmp"  # temp files of atomic writes are ".<name>.<random>.tmp" next to the target
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         raise
+
+
+def safe_name(name: object, what: str) -> str:
+    """``name`` if it can be one file or directory name inside an output directory.
+
+    Names from configs and recipes (bench cells, run names) become paths; one that is empty,
+    hidden, ``..``, absolute or holds a separator could write outside the output directory.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name != name.strip()
+        or name.startswith(".")
+        or any(ch in name for ch in "/\\\0")
+    ):
+        raise ConfigError(
+            f"{what} {name!r} must be a plain name: non-empty, no '/', '\\' or NUL, "
+            "no leading '.' or surrounding spaces"
+        )
+    return name
 
 
 def json_default(obj: Any) -> Any:
