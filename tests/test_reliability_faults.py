@@ -21,7 +21,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustfeat import io
 from robustfeat.cli import main
 from robustfeat.io import load_tensors
 from robustfeat.methods import METHODS, Method
@@ -252,3 +251,112 @@ def test_nan_policy_skip_counts_logs_and_undoes_bad_batches(
     # every saved tensor is finite, BN running statistics included (load_tensors checks)
     weights = load_tensors(run / "weights.safetensors")
     assert any("running_mean" in k for k in weights)
+
+
+# ------------------------------------------------------------------ full or unwritable output
+def test_full_disk_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**20))
+    out = tmp_path / "new" / "run"
+    assert main([*TRAIN, "-o", str(out)]) == 2
+    assert "has only 10.0 MiB free; need >= 50 MiB" in error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_under_a_file_is_refused_and_nothing_is_created(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    assert main([*TRAIN, "-o", str(tmp_path / "a-file" / "run")]) == 2
+    assert "is not writable: Not a directory" in error_line(capsys.readouterr().err)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_directory_is_refused_and_nothing_is_created(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    assert main([*TRAIN, "-o", str(locked / "new" / "run")]) == 2
+    assert "is not writable" in error_line(capsys.readouterr().err)
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name an fd")
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(
+    tmp_path, capsys, monkeypatch, reference
+):
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # the disk fills up while checkpoint 6 writes its optimizer
+        if "step-000000006.tmp/.optimizer.safetensors" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "run"
+    assert main([*TRAIN, "-o", str(run)]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "cannot write checkpoint" in err and "No space left on device" in err
+    assert checkpoint_step(run) == 4 and checkpoint_dirs(run) == ["step-000000004"]
+    assert tmp_leftovers(run) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: resume and finish
+    assert main([*TRAIN, "-o", str(run), "--resume"]) == 0
+    ref, got = (
+        load_tensors(reference / "weights.safetensors"),
+        load_tensors(run / "weights.safetensors"),
+    )
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_bad_batch_size_fails_before_the_run_directory_exists(tmp_path, capsys):
+    assert main([*TRAIN, "--batch-size", "128", "-o", str(tmp_path / "run")]) == 2
+    assert "fewer than one batch of 128" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ what a killed run leaves
+def finished_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--epochs", "1", "-o", str(run)]) == 0
+    return run
+
+
+def test_resume_cleans_leftovers_of_a_killed_process(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    records = (run / "metrics.jsonl").read_text()
+    (run / ".state.json.x1y2.tmp").write_text("{")  # an atomic write cut before its rename
+    (run / "checkpoints" / "step-000000009.tmp").mkdir()  # a checkpoint cut before its rename
+    (run / "checkpoints" / "step-000000001").mkdir()  # one superseded but not yet deleted
+    with (run / "metrics.jsonl").open("a") as f:  # a record logged past the checkpoint ...
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "lo')  # ... and half a line
+    assert main([*TRAIN, "--epochs", "1", "-o", str(run), "--resume"]) == 0
+    assert (run / "metrics.jsonl").read_text() == records
+    assert checkpoint_dirs(run) == ["step-000000004"] and tmp_leftovers(run) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "needle"),
+    [
+        ({"step": 4, "checkpoint": "checkpoints/step-000000099"}, "which does not exist; to start"),
+        ({"step": 4, "checkpoint": "../../elsewhere"}, "is not a robustfeat checkpoint pointer"),
+        ({"step": "4", "checkpoint": "checkpoints/step-000000004"}, "not a robustfeat checkpoint"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
+def test_bad_state_json_is_one_clear_error(tmp_path, capsys, state, needle):
+    run = finished_run(tmp_path)
+    text = state if isinstance(state, str) else json.dumps(state)
+    (run / "state.json").write_text(text)
+    before = sorted(p.name for p in run.rglob("*"))
+    capsys.readouterr()
+    assert main([*TRAIN, "--epochs", "1", "-o", str(run), "--resume"]) == 2
+    assert needle in error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing touched
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    capsys.readouterr()
+    assert main([*TRAIN, "--epochs", "1", "--lr", "0.1", "-o", str(run), "--resume"]) == 2
+    assert "other settings (lr 0.05 -> 0.1)" in error_line(capsys.readouterr().err)
+    # how a run is reported or checkpointed may change
+    args = ["--set", "log_every=2", "--set", "checkpoint_every=1", "--set", "eval_suite=null"]
+    assert main([*TRAIN, "--epochs", "1", *args, "-o", str(run), "--resume"]) == 0
