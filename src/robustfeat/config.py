@@ -207,7 +207,13 @@ def check_options(
     )
     unknown = sorted(set(options) - set(params))
     if unknown and not takes_any:
-        raise ConfigError(f"unknown option(s) {unknown} for {what}; valid: {list(params)}")
+        raise ConfigError(f"bad options for {what}: unknown {unknown}; valid: {list(params)}")
+    check_option_types(fn, options, what)
+
+
+def check_option_types(fn: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """Values that do not fit the annotation of ``fn``'s parameter of the same name are a
+    ConfigError; parameters without (resolvable) annotations are not checked."""
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # annotations that do not resolve (e.g. TYPE_CHECKING imports): unchecked
@@ -215,7 +221,7 @@ def check_options(
     for name, value in options.items():
         if name in hints and not value_fits(value, hints[name]):
             raise ConfigError(
-                f"option {name!r} of {what} must be {type_name(hints[name])}, "
+                f"bad options for {what}: {name!r} must be {type_name(hints[name])}, "
                 f"got {value!r} ({type(value).__name__})"
             )
 
