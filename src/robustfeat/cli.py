@@ -101,15 +101,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         layer["at"] = None if args.at == "none" else args.at
     if args.no_progress:
         layer["progress"] = False
-    for key, items in (
-        ("method_args", args.arg),
-        ("at_args", args.at_arg),
-        ("model_args", args.model_arg),
-        ("data_args", args.data_arg),
+    for key, flag, items in (
+        ("method_args", "--arg", args.arg),
+        ("at_args", "--at-arg", args.at_arg),
+        ("model_args", "--model-arg", args.model_arg),
+        ("data_args", "--data-arg", args.data_arg),
     ):
         if items:
             base = next((lay[key] for lay in reversed(layers) if key in lay), {}) or {}
-            layer[key] = {**base, **parse_assignments(items, f"--{key.replace('_args', '-arg')}")}
+            layer[key] = {**base, **parse_assignments(items, flag)}
     layers.append(layer)
     layers.append(parse_assignments(args.set, "--set"))
     return make_config(*layers)
@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except RobustfeatError as err:
-        print(f"robustfeat: error: {err}", file=sys.stderr)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"robustfeat: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)

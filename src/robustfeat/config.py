@@ -118,6 +118,14 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + " ".join(problem.split())
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
@@ -126,7 +134,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from err
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from err
     if not isinstance(data, dict):
@@ -186,7 +194,9 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse value of {what} {item!r}: {err}") from err
+            raise ConfigError(
+                f"cannot parse value of {what} {item!r}: {yaml_problem(err)}"
+            ) from err
     return out
 
 

@@ -191,13 +191,26 @@ def optimizer_to_tensors(
 def optimizer_from_tensors(
     optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], rest: dict[str, Any]
 ) -> None:
+    """Restore what ``optimizer_to_tensors`` saved; state that does not fit this optimizer's
+    parameters (unknown ids, other shapes) is a CheckpointError, not a failure steps later."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
-        pid, key = name.split(".", 1)
+        pid, _, key = name.partition(".")
+        if not (pid.isdigit() and key and int(pid) < len(params)):
+            raise CheckpointError(
+                f"optimizer state does not fit this run: entry {name!r} "
+                f"(this optimizer has {len(params)} parameters)"
+            )
+        if value.ndim and value.shape != params[int(pid)].shape:
+            raise CheckpointError(
+                f"optimizer state does not fit this run: {name} has shape {tuple(value.shape)}, "
+                f"its parameter {tuple(params[int(pid)].shape)}"
+            )
         state.setdefault(int(pid), {})[key] = value
     for pid, entries in rest.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(entries)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"optimizer state does not fit this run: {err}") from err
