@@ -116,7 +116,11 @@ def _per_sample_shape(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).float().norm(dim=1).clamp_min(1e-12).view(_per_sample_shape(t))
+    """Per-sample L2 norm, broadcastable against ``t`` (at least float32 precision)."""
+    flat = t.flatten(1)
+    if flat.dtype != torch.float64:
+        flat = flat.float()
+    return flat.norm(dim=1).clamp_min(1e-12).view(_per_sample_shape(t))
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
