@@ -442,3 +442,33 @@ def _run_checks(ev: Evaluation, dataset: ImageDataset) -> dict[str, Any]:
         }
         ev.flags += checks.sweep_checks(points, size, LARGE_EPS)
     return found
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """A console table of a results dict: clean, attacks, worst case, corruptions, flags."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"robustfeat eval: suite {results['suite']}")
+    for column in ("part", "accuracy", "n", "seconds"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    clean = results["clean"]
+    table.add_row("clean", f"{clean['accuracy']:.4f}", str(clean["n"]), f"{clean['seconds']:.1f}")
+    for a in results["attacks"]:
+        table.add_row(a["label"], f"{a['accuracy']:.4f}", str(a["n"]), f"{a['seconds']:.1f}")
+    wc = results["worst_case"]
+    table.add_row("[bold]worst case", f"[bold]{wc['accuracy']:.4f}", str(wc["n"]), "")
+    corruptions = results.get("corruptions")
+    if corruptions:
+        table.add_row(
+            f"corruptions mCE ({corruptions['source']})",
+            f"{corruptions['mce']:.4f} err",
+            str(corruptions["n"]),
+            f"{corruptions['seconds']:.1f}",
+        )
+    for name, entry in results.get("shift", {}).items():
+        table.add_row(f"shift: {name}", f"{entry['accuracy']:.4f}", str(entry["n"]), "")
+    console = Console()
+    console.print(table)
+    for f in results["flags"]:
+        console.print(f"[yellow]flag[/] {f['name']}: {f['detail']}")
