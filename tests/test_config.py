@@ -35,7 +35,12 @@ def test_int_accepted_for_float_but_bool_is_not_an_int():
 
 def test_parse_assignments_reads_yaml_scalars():
     assert parse_assignments(["k=2", "beta=0.5", "flag=true", "xs=[1, 2]", "s=abc"], "--arg") == {
-        "k": 2, "beta": 0.5, "flag": True, "xs": [1, 2], "s": "abc"}
+        "k": 2,
+        "beta": 0.5,
+        "flag": True,
+        "xs": [1, 2],
+        "s": "abc",
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_assignments(["novalue"], "--arg")
 
@@ -43,7 +48,13 @@ def test_parse_assignments_reads_yaml_scalars():
 def test_builtin_recipes_load_and_validate():
     assert {"cpu", "demo"} <= set(list_recipes())
     cpu = make_config(load_recipe("cpu"))
-    assert (cpu.model, cpu.epochs, cpu.batch_size, cpu.lr, cpu.schedule) == ("resnet20", 10, 128, 0.2, "onecycle")
+    assert (cpu.model, cpu.epochs, cpu.batch_size, cpu.lr, cpu.schedule) == (
+        "resnet20",
+        10,
+        128,
+        0.2,
+        "onecycle",
+    )
     assert cpu.nesterov and cpu.weight_decay == 5e-4 and cpu.warmup == 0.15
     assert (cpu.precision, cpu.channels_last, cpu.compile) == ("bf16", True, True)
 

@@ -49,8 +49,13 @@ def test_state_dict_mismatch_is_explained(tmp_path):
 
 
 def test_json_is_strict_and_nan_becomes_null(tmp_path):
-    io.write_json(tmp_path / "r.json", {"x": float("nan"), "y": [1.0, float("inf")], "t": torch.tensor([1, 2])})
-    assert (tmp_path / "r.json").read_text().replace(" ", "").replace("\n", "") == '{"x":null,"y":[1.0,null],"t":[1,2]}'
+    io.write_json(
+        tmp_path / "r.json",
+        {"x": float("nan"), "y": [1.0, float("inf")], "t": torch.tensor([1, 2])},
+    )
+    assert (tmp_path / "r.json").read_text().replace(" ", "").replace(
+        "\n", ""
+    ) == '{"x":null,"y":[1.0,null],"t":[1,2]}'
 
 
 def test_optimizer_state_roundtrip():

@@ -26,7 +26,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ train
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", metavar="RECIPE", help="recipe name (see `robustfeat list recipes`) or YAML path")
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="RECIPE",
+        help="recipe name (see `robustfeat list recipes`) or YAML path",
+    )
     p.add_argument("--method", help="training method (see `robustfeat list methods`)")
     p.add_argument("--model", help="backbone (see `robustfeat list models`; or timm/<name>)")
     p.add_argument("--data", help="dataset: a registered name, folder:PATH or zip:PATH")
@@ -38,7 +43,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", help="fp32, bf16 (CPU/GPU autocast) or amp (CUDA fp16)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the backbone")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the backbone",
+    )
     p.add_argument("--eval-suite", dest="eval_suite", help="evaluation suite run after training")
     p.add_argument("--samples-per-class", type=int, dest="samples_per_class")
     p.add_argument("--label-noise", type=float, dest="label_noise")
@@ -46,9 +56,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at-arg", action="append", metavar="K=V", help="adversarial-training option")
     p.add_argument("--model-arg", action="append", metavar="K=V", help="backbone option")
     p.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option")
-    p.add_argument("--set", action="append", metavar="KEY=V", help="any config key (see `robustfeat list config`)")
-    p.add_argument("-o", "--out", help="run directory (default runs/<method>-<model>-<data>-seed<k>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=V",
+        help="any config key (see `robustfeat list config`)",
+    )
+    p.add_argument(
+        "-o", "--out", help="run directory (default runs/<method>-<model>-<data>-seed<k>)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -58,16 +77,36 @@ def config_from_args(args: argparse.Namespace) -> Any:
     layers: list[dict[str, Any]] = []
     if args.config:
         layers.append(load_recipe(args.config))
-    flags = {k: getattr(args, k) for k in ("method", "model", "data", "epochs", "steps", "batch_size", "lr",
-                                             "seed", "device", "precision", "compile", "eval_suite",
-                                             "samples_per_class", "label_noise")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "method",
+            "model",
+            "data",
+            "epochs",
+            "steps",
+            "batch_size",
+            "lr",
+            "seed",
+            "device",
+            "precision",
+            "compile",
+            "eval_suite",
+            "samples_per_class",
+            "label_noise",
+        )
+    }
     layer = {k: v for k, v in flags.items() if v is not None}
     if args.at is not None:
         layer["at"] = None if args.at == "none" else args.at
     if args.no_progress:
         layer["progress"] = False
-    for key, items in (("method_args", args.arg), ("at_args", args.at_arg),
-                       ("model_args", args.model_arg), ("data_args", args.data_arg)):
+    for key, items in (
+        ("method_args", args.arg),
+        ("at_args", args.at_arg),
+        ("model_args", args.model_arg),
+        ("data_args", args.data_arg),
+    ):
         if items:
             base = next((lay[key] for lay in reversed(layers) if key in lay), {}) or {}
             layer[key] = {**base, **parse_assignments(items, f"--{key.replace('_args', '-arg')}")}
@@ -236,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("demo", help="train every method briefly on the embedded shapes data and compare")
+    p = sub.add_parser(
+        "demo", help="train every method briefly on the embedded shapes data and compare"
+    )
     p.add_argument("-o", "--out", default="runs/demo")
     p.add_argument("--methods", nargs="*", help="subset of methods (default: all registered)")
     p.add_argument("--seed", type=int, default=0)
@@ -254,4 +295,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)
         return 130
-

@@ -99,8 +99,12 @@ class TrainConfig:
             _range("samples_per_class", self.samples_per_class, 1)
         if self.checkpoint_every is not None:
             _range("checkpoint_every", self.checkpoint_every, 1)
-        if sorted(self.milestones) != self.milestones or not all(0 < m < 1 for m in self.milestones):
-            raise ConfigError(f"milestones must be increasing fractions in (0, 1), got {self.milestones}")
+        if sorted(self.milestones) != self.milestones or not all(
+            0 < m < 1 for m in self.milestones
+        ):
+            raise ConfigError(
+                f"milestones must be increasing fractions in (0, 1), got {self.milestones}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +205,9 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"config {name!r} is {value!r}; valid: {', '.join(valid)}")
 
 
-def _range(name: str, value: float, low: float, high: float | None = None, strict: bool = False) -> None:
+def _range(
+    name: str, value: float, low: float, high: float | None = None, strict: bool = False
+) -> None:
     bad = value <= low if strict else value < low
     if bad or (high is not None and value > high):
         bound = f"> {low}" if strict else f">= {low}"

@@ -29,9 +29,12 @@ def demo_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("train s", justify="right")
     for row in rows:
         by_label = {a["label"]: a["accuracy"] for a in row["attacks"]}
-        table.add_row(row["method"], f"{row['clean']:.3f}",
-                      *(f"{by_label[n]:.3f}" if n in by_label else "-" for n in attack_names),
-                      f"{row['seconds']:.1f}")
+        table.add_row(
+            row["method"],
+            f"{row['clean']:.3f}",
+            *(f"{by_label[n]:.3f}" if n in by_label else "-" for n in attack_names),
+            f"{row['seconds']:.1f}",
+        )
     return table
 
 
@@ -49,12 +52,17 @@ def run_demo(out: Path, methods: list[str] | None = None, seed: int = 0) -> list
         console.rule(f"[bold]{name}")
         start = time.perf_counter()
         results = train(cfg, out / name, data=data)
-        rows.append({
-            "method": name,
-            "clean": results["clean"]["accuracy"],
-            "attacks": [{"label": a.get("label", a["name"]), "accuracy": a["accuracy"]} for a in results["attacks"]],
-            "seconds": time.perf_counter() - start,
-        })
+        rows.append(
+            {
+                "method": name,
+                "clean": results["clean"]["accuracy"],
+                "attacks": [
+                    {"label": a.get("label", a["name"]), "accuracy": a["accuracy"]}
+                    for a in results["attacks"]
+                ],
+                "seconds": time.perf_counter() - start,
+            }
+        )
     console.print(demo_table(rows))
     console.print(f"runs written to {out}/<method>/ (config, metrics, weights, results.json)")
     return rows

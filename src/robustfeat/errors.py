@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class RobustfeatError(Exception):
-    """Bad input from the user (name, value, file); the message says what is wrong and what is valid."""
+    """Bad input (name, value, file); the message says what is wrong and what is valid."""
 
 
 class ConfigError(RobustfeatError, ValueError):

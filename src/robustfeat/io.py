@@ -74,14 +74,16 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
 
 
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Atomically write tensors as safetensors (contiguous CPU copies)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save(plain, metadata=metadata))
 
 
 def load_tensors(path: Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing, truncated, corrupt or non-finite file is a CheckpointError.
+    """Read a safetensors file; missing, truncated, corrupt or non-finite: a CheckpointError.
 
     Only safetensors is accepted: a pickle (e.g. a ``.pt`` from elsewhere) is refused unread.
     """
@@ -98,15 +100,23 @@ def load_tensors(path: Path, check_finite: bool = True) -> dict[str, torch.Tenso
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt?): {err}") from err
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file (truncated or corrupt?): {err}"
+        ) from err
     if check_finite:
-        bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [
+            k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:
-            raise CheckpointError(f"{path} holds NaN/inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+            raise CheckpointError(
+                f"{path} holds NaN/inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+            )
     return tensors
 
 
-def load_state_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
+def load_state_into(
+    module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str
+) -> None:
     """Load a state dict, turning a mismatch into one clear CheckpointError."""
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -116,17 +126,25 @@ def load_state_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
         parts = []
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}")
+            parts.append(
+                f"{len(wrong)} shape mismatch(es), e.g. {k}: "
+                f"file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+            )
         if missing:
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-        raise CheckpointError(f"{source} does not fit this model (wrong architecture or classes?): " + "; ".join(parts))
+        raise CheckpointError(
+            f"{source} does not fit this model (wrong architecture or classes?): "
+            + "; ".join(parts)
+        )
     module.load_state_dict(tensors)
 
 
 # ---------------------------------------------------------------- optimizer state
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into safetensors-able tensors and a JSON-able rest."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -140,7 +158,9 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], rest: dict[str, Any]) -> None:
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], rest: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         pid, key = name.split(".", 1)

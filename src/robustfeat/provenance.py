@@ -12,7 +12,16 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("robustfeat", "torch", "torchvision", "timm", "numpy", "torchattacks", "grad-cam", "safetensors")
+PACKAGES = (
+    "robustfeat",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "torchattacks",
+    "grad-cam",
+    "safetensors",
+)
 
 
 @lru_cache(maxsize=1)
@@ -20,10 +29,21 @@ def git_sha() -> str:
     """HEAD of the repository this package runs from ("+dirty" if tracked files changed)."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}+dirty" if dirty else sha

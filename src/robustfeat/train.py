@@ -57,12 +57,14 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as err:
         raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use cpu or auto")
+        raise ConfigError(
+            f"device {name!r} asked for, but CUDA is not available here; use cpu or auto"
+        )
     return device
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` of ``total`` (per iteration)."""
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``."""
     t = step + 1
     warm = cfg.warmup * total
     if cfg.schedule == "onecycle":  # linear up to the peak, linear down to zero
@@ -92,7 +94,9 @@ def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     for group in groups:
         group["base_lr"] = group["lr"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -117,7 +121,9 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def validate_names(cfg: TrainConfig) -> None:
@@ -171,14 +177,19 @@ class RunDir:
             probe.write_bytes(b"0" * 4096)
             probe.unlink()
         except OSError as err:
-            raise ConfigError(f"output directory {self.root} is not writable: {err.strerror or err}") from err
+            raise ConfigError(
+                f"output directory {self.root} is not writable: {err.strerror or err}"
+            ) from err
         free = shutil.disk_usage(self.root).free
         if free < 50 * 2**20:
-            raise ConfigError(f"output directory {self.root} has only {free / 2**20:.1f} MiB free; need >= 50 MiB")
+            raise ConfigError(
+                f"output directory {self.root} has only {free / 2**20:.1f} MiB free; need >= 50 MiB"
+            )
 
 
-def save_checkpoint(run: RunDir, method: Method, optimizer: torch.optim.Optimizer, step: int,
-                    extra: dict[str, Any]) -> None:
+def save_checkpoint(
+    run: RunDir, method: Method, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]
+) -> None:
     """Write checkpoints/step-N/ completely, then point state.json at it, then drop older ones."""
     final = run.checkpoint(step)
     tmp = final.with_name(final.name + ".tmp")
@@ -190,22 +201,31 @@ def save_checkpoint(run: RunDir, method: Method, optimizer: torch.optim.Optimize
     io.write_json(tmp / "optimizer.json", opt_rest)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    io.write_json(run.state, {"step": step, "checkpoint": str(final.relative_to(run.root)), **extra})
+    io.write_json(
+        run.state, {"step": step, "checkpoint": str(final.relative_to(run.root)), **extra}
+    )
     for old in (run.root / CHECKPOINTS).iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_state(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return io.optimizer_to_tensors(optimizer)
 
 
-def load_checkpoint(run: RunDir, method: Method, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(
+    run: RunDir, method: Method, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     state = io.read_json(run.state)
     ckpt = run.root / state["checkpoint"]
     io.load_state_into(method, io.load_tensors(ckpt / "weights.safetensors"), ckpt)
-    io.optimizer_from_tensors(optimizer, io.load_tensors(ckpt / "optimizer.safetensors", check_finite=False),
-                              io.read_json(ckpt / "optimizer.json"))
+    io.optimizer_from_tensors(
+        optimizer,
+        io.load_tensors(ckpt / "optimizer.safetensors", check_finite=False),
+        io.read_json(ckpt / "optimizer.json"),
+    )
     return state
 
 
@@ -283,7 +303,9 @@ class Trainer:
                 **cfg.data_args,
             )
         torch.manual_seed(cfg.seed)  # model initialisation
-        model = create_model(cfg.model, data.num_classes, mean=data.mean, std=data.std, **cfg.model_args)
+        model = create_model(
+            cfg.model, data.num_classes, mean=data.mean, std=data.std, **cfg.model_args
+        )
         method = create_method(cfg.method, model, **cfg.method_args)
         scheme = create_scheme(cfg.at, **cfg.at_args)
         if distributed.main:
@@ -300,7 +322,9 @@ class Trainer:
             self.cfg.batch_size,
             shuffle=True,
             drop_last=True,
-            augment=default_train_augment(self.cfg.crop_padding, self.cfg.padding_mode, self.cfg.flip),
+            augment=default_train_augment(
+                self.cfg.crop_padding, self.cfg.padding_mode, self.cfg.flip
+            ),
             seed=self.cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
@@ -326,7 +350,8 @@ class Trainer:
     def _forward_module(self) -> nn.Module:
         if self.dist.world_size > 1:
             return nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
         return self.method
@@ -335,15 +360,22 @@ class Trainer:
         loss = out["loss"]
         if torch.isfinite(loss).all():
             return True
-        parts = {k: v.item() for k, v in out.items()
-                 if k != "logits" and isinstance(v, torch.Tensor) and v.numel() == 1}
+        parts = {
+            k: v.item()
+            for k, v in out.items()
+            if k != "logits" and isinstance(v, torch.Tensor) and v.numel() == 1
+        }
         bad = [k for k, v in parts.items() if not math.isfinite(v) and k != "loss"] or ["loss"]
-        message = (f"non-finite loss at step {step}: {', '.join(f'{k}={parts.get(k)}' for k in bad)} "
-                   f"(all parts: {parts})")
+        message = (
+            f"non-finite loss at step {step}: {', '.join(f'{k}={parts.get(k)}' for k in bad)} "
+            f"(all parts: {parts})"
+        )
         if self.cfg.nan_policy == "skip":
             self.console_log(f"[yellow]skipping batch[/]: {message}")
             return False
-        raise TrainingDiverged(message + "; the last good checkpoint is kept in " + str(self.run.root))
+        raise TrainingDiverged(
+            message + "; the last good checkpoint is kept in " + str(self.run.root)
+        )
 
     def console_log(self, message: str) -> None:
         if self.dist.main:
@@ -357,8 +389,10 @@ class Trainer:
         loader = self.loader()
         steps_per_epoch = len(loader)
         if steps_per_epoch == 0:
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
-                              f"({len(self.data.train)} samples); lower it")
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is larger than the training set "
+                f"({len(self.data.train)} samples); lower it"
+            )
         total = self.total_steps(steps_per_epoch)
         optimizer = build_optimizer(self.method, cfg)
         step = 0
@@ -376,7 +410,11 @@ class Trainer:
                 module.compile()
         log = MetricsLog(run.metrics, self.dist.main)
         forward = self._forward_module()
-        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "amp" and self.device.type == "cuda" else None
+        scaler = (
+            torch.amp.GradScaler("cuda")
+            if cfg.precision == "amp" and self.device.type == "cuda"
+            else None
+        )
         train_seconds = float(state.get("train_seconds", 0.0))
         self.method.train()
 
@@ -394,32 +432,59 @@ class Trainer:
                     step += 1
                     advance(metrics)
                     if step % cfg.log_every == 0:
-                        log.write({"step": step, "epoch": epoch, **metrics.summary(),
-                                   "lr": optimizer.param_groups[0]["lr"]})
+                        log.write(
+                            {
+                                "step": step,
+                                "epoch": epoch,
+                                **metrics.summary(),
+                                "lr": optimizer.param_groups[0]["lr"],
+                            }
+                        )
                     at_epoch_end = step % steps_per_epoch == 0 or step == total
                     if at_epoch_end or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                         seconds = time.perf_counter() - epoch_start
                         train_seconds += seconds
                         epoch_start = time.perf_counter()
                         if at_epoch_end:
-                            record = {"epoch": epoch + 1, "step": step, **metrics.summary(),
-                                      "lr": optimizer.param_groups[0]["lr"],
-                                      "img_per_s": epoch_images / max(seconds, 1e-9),
-                                      "train_seconds": train_seconds, **self.method.epoch_log()}
+                            record = {
+                                "epoch": epoch + 1,
+                                "step": step,
+                                **metrics.summary(),
+                                "lr": optimizer.param_groups[0]["lr"],
+                                "img_per_s": epoch_images / max(seconds, 1e-9),
+                                "train_seconds": train_seconds,
+                                **self.method.epoch_log(),
+                            }
                             log.write(record)
                             self.console_log(_epoch_line(record))
                         if self.dist.main:
-                            save_checkpoint(run, self.method, optimizer, step,
-                                            {"total_steps": total, "train_seconds": train_seconds,
-                                             "finished": step >= total})
+                            save_checkpoint(
+                                run,
+                                self.method,
+                                optimizer,
+                                step,
+                                {
+                                    "total_steps": total,
+                                    "train_seconds": train_seconds,
+                                    "finished": step >= total,
+                                },
+                            )
                         if self.dist.world_size > 1:
                             dist.barrier()
                         epoch_images = 0
         return self.finish(train_seconds)
 
-    def _train_step(self, forward: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                    x: torch.Tensor, y: torch.Tensor, step: int, total: int,
-                    metrics: RunningMetrics) -> None:
+    def _train_step(
+        self,
+        forward: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        step: int,
+        total: int,
+        metrics: RunningMetrics,
+    ) -> None:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
         factor = lr_factor(step, total, self.cfg)
         for group in optimizer.param_groups:
@@ -447,16 +512,29 @@ class Trainer:
         if not (self.cfg.progress and self.dist.main):
             yield lambda metrics: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True) as bar:
+        with Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=True,
+        ) as bar:
             task = bar.add_task("train", total=total, completed=start, info="")
 
             def advance(metrics: RunningMetrics) -> None:
                 if metrics.count % 10 == 0:
                     summary = metrics.summary()
-                    info = f"loss {summary.get('loss', float('nan')):.3f} acc {summary.get('train_acc', 0):.3f}"
+                    loss, acc = summary.get("loss", float("nan")), summary.get("train_acc", 0.0)
+                    info = f"loss {loss:.3f} acc {acc:.3f}"
                     bar.update(task, advance=1, info=info)
                 else:
                     bar.update(task, advance=1)
@@ -468,10 +546,17 @@ class Trainer:
         run, cfg = self.run, self.cfg
         if not self.dist.main:
             return {}
-        io.save_tensors(run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"})
+        io.save_tensors(
+            run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
+        )
         start = time.perf_counter()
-        results = evaluate(self.method, self.data.test, suite=cfg.eval_suite or "clean", n=cfg.eval_n,
-                           run=self.run_info())
+        results = evaluate(
+            self.method,
+            self.data.test,
+            suite=cfg.eval_suite or "clean",
+            n=cfg.eval_n,
+            run=self.run_info(),
+        )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         io.write_json(run.results, results)
@@ -481,13 +566,14 @@ class Trainer:
 
 def _epoch_line(record: dict[str, Any]) -> str:
     parts = [f"epoch {record['epoch']}"]
-    parts += [f"{k} {v:.4f}" for k, v in record.items()
-              if k.startswith("loss") or k == "train_acc"]
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss") or k == "train_acc"]
     parts.append(f"{record['img_per_s']:.0f} img/s")
     return "  ".join(parts)
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, data: DataSplits | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, out: str | Path, resume: bool = False, data: DataSplits | None = None
+) -> dict[str, Any]:
     """Train ``cfg`` into run directory ``out`` (resuming from its last checkpoint if asked)."""
     trainer = Trainer.create(cfg, out, data)
     try:

@@ -17,7 +17,10 @@ class CE(Method):
 
     def __init__(self, model: StagedModel, label_smoothing: float = 0.0) -> None:
         super().__init__(model)
-        check(0.0 <= label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check(
+            0.0 <= label_smoothing < 1.0,
+            f"label_smoothing must be in [0, 1), got {label_smoothing}",
+        )
         self.label_smoothing = label_smoothing
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

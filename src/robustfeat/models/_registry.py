@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError
 from .base import StagedModel
 
 MODELS: Registry = Registry("model")
@@ -16,6 +16,13 @@ register_model = MODELS.register
 DEFAULT_MEAN = (0.4914, 0.4822, 0.4465)
 DEFAULT_STD = (0.2470, 0.2435, 0.2616)
 
+# timm CNNs are built by name (timm/<name>, see timm_adapter.py), not registered one by one; this
+# line goes next to list_models() wherever names are shown (CLI `list models`, unknown-name errors).
+TIMM_PREFIX = "timm/"
+TIMM_MODELS_HINT = (
+    "timm/<name>: any timm CNN, e.g. timm/resnet18, timm/efficientnet_b0, timm/convnext_tiny"
+)
+
 
 def create_model(
     name: str,
@@ -24,18 +31,21 @@ def create_model(
     std: Sequence[float] = DEFAULT_STD,
     **kwargs: Any,
 ) -> StagedModel:
-    """Build a registered backbone (or ``timm/<name>``) with input normalization as its first module.
+    """Build a registered backbone (or ``timm/<name>``), input normalization as its first module.
 
     Inputs to the returned model are images in [0, 1].
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if name.startswith("timm/"):
-        from .timm_adapter import create_timm_model
+    if name.startswith(TIMM_PREFIX):
+        from .timm_adapter import create_timm_model  # imports timm only when asked for
 
-        model = create_timm_model(name.removeprefix("timm/"), num_classes=num_classes, **kwargs)
+        model = create_timm_model(name.removeprefix(TIMM_PREFIX), num_classes, **kwargs)
     else:
-        factory = MODELS.get(name)
+        try:
+            factory = MODELS.get(name)
+        except UnknownNameError as err:
+            raise UnknownNameError(f"{err}; or {TIMM_MODELS_HINT}") from None
         try:
             model = factory(num_classes=num_classes, **kwargs)
         except TypeError as err:  # unexpected keyword from a recipe or the CLI
@@ -46,4 +56,5 @@ def create_model(
 
 
 def list_models() -> list[str]:
+    """Registered backbone names (timm CNNs come on top: see ``TIMM_MODELS_HINT``)."""
     return MODELS.names()

@@ -13,6 +13,7 @@ that is an ``nn.Sequential`` exposes each of its blocks as a node ``"<stage>.<i>
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -112,8 +113,15 @@ class StagedModel(nn.Module):
                 feats = self.forward_features(x, nodes=self.node_names + self.stage_names)
         finally:
             self.train(was_training)
+        # Strides are powers of two; rounding keeps them right when the input is not a multiple
+        # of the stride (176 px at stride 32 gives 6x6 maps: 176 // 6 would say 29).
         return {
-            name: FeatureInfo(name, f.shape[1], max(1, size // f.shape[-1]), tuple(f.shape[-2:]))
+            name: FeatureInfo(
+                name,
+                f.shape[1],
+                2 ** max(0, round(math.log2(size / f.shape[-1]))),
+                tuple(f.shape[-2:]),
+            )
             for name, f in feats.items()
         }
 
@@ -136,7 +144,7 @@ class StagedModel(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
 
     def run_from(self, node: str, h: torch.Tensor, until: str | None = None) -> torch.Tensor:
-        """Continue the forward from ``node``'s output ``h``: to logits, or to ``until``'s output."""
+        """Resume the forward from ``node``'s output ``h``: to logits, or to ``until``'s output."""
         start = self.resolve_node(node) + 1
         stop = len(self._nodes) if until is None else self.resolve_node(until) + 1
         for _, module in self._nodes[start:stop]:

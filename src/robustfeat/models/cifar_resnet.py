@@ -1,6 +1,14 @@
-"""CIFAR ResNets: the "s" family of He et al. 2016 (ResNet-20/32/56/110, 3 stages of 16/32/64
-channels, parameter-free option-A shortcuts, as used by HNC and ALFA) and the 4-stage ResNet-18
-with a 3x3 stem (the CIFAR variant common in adversarial-robustness work, e.g. CIFS)."""
+"""CIFAR ResNets (post-activation, He et al. 2016, "Deep Residual Learning").
+
+- ResNet-20/32/56/110: the CIFAR family of Sec. 4.2 of the paper (as used by HNC and ALFA):
+  a 3x3 conv with 16 filters, then 3 stages of n basic blocks with 16/32/64 filters at
+  32/16/8 pixels (depth 6n+2), global average pooling and a linear layer; option-A shortcuts
+  (stride-2 subsampling plus zero-padding of the new channels, no parameters). ResNet-20 has
+  0.27M parameters, as in Table 6 of the paper.
+- ResNet-18: the ImageNet ResNet-18 layout (4 stages of 2 basic blocks, 64..512 filters, 1x1 conv
+  projection shortcuts) with a 3x3 stride-1 stem and no max-pool for 32x32 inputs, the variant
+  common in adversarial-robustness work (e.g. CIFS): 11.17M parameters for 10 classes.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import check
+from ._layers import conv_bn, kaiming_init, make_stages
 from ._registry import register_model
 from .base import StagedModel
-
-
-def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-    )
 
 
 class PadShortcut(nn.Module):
@@ -32,6 +35,8 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU."""
+
     def __init__(self, c_in: int, c_out: int, stride: int, shortcut: str = "conv") -> None:
         super().__init__()
         self.conv1 = conv_bn(c_in, c_out, stride)
@@ -49,6 +54,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(StagedModel):
+    """3x3 conv-BN-ReLU stem, stages of basic blocks, GAP + linear."""
+
     def __init__(
         self,
         blocks_per_stage: list[int],
@@ -57,44 +64,45 @@ class CifarResNet(StagedModel):
         shortcut: str,
     ) -> None:
         super().__init__()
+        check(shortcut in ("pad", "conv"), f"shortcut must be 'pad' or 'conv', got {shortcut!r}")
+        check(min(widths) >= 1, f"stage widths must be positive, got {widths}")
         self.stem = nn.Sequential(conv_bn(3, widths[0]), nn.ReLU(inplace=True))
-        stages: dict[str, nn.Module] = {}
-        c_in = widths[0]
-        for i, (n, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
-            stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(c_in if b == 0 else width, width, stride if b == 0 else 1, shortcut)
-                      for b in range(n)]
-            stages[f"stage{i + 1}"] = nn.Sequential(*blocks)
-            c_in = width
-        self.stages = nn.ModuleDict(stages)
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.stages = make_stages(
+            lambda c_in, c_out, stride: BasicBlock(c_in, c_out, stride, shortcut),
+            blocks_per_stage,
+            widths,
+            c_in=widths[0],
+        )
+        self.fc = nn.Linear(widths[-1], num_classes)
+        kaiming_init(self)
 
 
-def _resnet_s(depth: int, num_classes: int, width: int = 16) -> CifarResNet:
+def _resnet_s(depth: int, num_classes: int, width: int) -> CifarResNet:
     n = (depth - 2) // 6
     return CifarResNet([n] * 3, [width, 2 * width, 4 * width], num_classes, shortcut="pad")
 
 
 @register_model
 def resnet20(num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-20 (n=3) of He et al. 2016; ``width`` is the first stage's filter count."""
     return _resnet_s(20, num_classes, width)
 
 
 @register_model
 def resnet32(num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-32 (n=5) of He et al. 2016."""
     return _resnet_s(32, num_classes, width)
 
 
 @register_model
 def resnet56(num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-56 (n=9) of He et al. 2016."""
     return _resnet_s(56, num_classes, width)
 
 
 @register_model
 def resnet110(num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """ResNet-110 (n=18) of He et al. 2016."""
     return _resnet_s(110, num_classes, width)
 
 

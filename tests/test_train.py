@@ -1,0 +1,196 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustfeat.config import make_config
+from robustfeat.data import prepare_data
+from robustfeat.errors import ConfigError, UnknownNameError
+from robustfeat.io import load_tensors
+from robustfeat.train import lr_factor, train
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = {
+    "model": "resnet20",
+    "model_args": {"width": 4},
+    "data": "shapes",
+    "data_args": {"n_train": 256, "n_test": 128},
+    "batch_size": 32,
+    "epochs": 2,
+    "lr": 0.05,
+    "progress": False,
+    "log_every": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return prepare_data("shapes", n_train=256, n_test=128)
+
+
+def test_lr_schedules_match_hand_computed_values():
+    cfg = make_config({"schedule": "onecycle", "warmup": 0.25})
+    # 8 steps, warm-up 2 steps: factors at t = step + 1 = 1..8 -> 0.5, 1, then linear to 0
+    assert [round(lr_factor(s, 8, cfg), 4) for s in range(8)] == [
+        0.5,
+        1.0,
+        0.8333,
+        0.6667,
+        0.5,
+        0.3333,
+        0.1667,
+        0.0,
+    ]
+    cfg = make_config(
+        {"schedule": "multistep", "warmup": 0.0, "milestones": [0.5, 0.75], "gamma": 0.1}
+    )
+    assert [round(lr_factor(s, 8, cfg), 4) for s in range(8)] == [1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    cfg = make_config({"schedule": "cosine", "warmup": 0.0})
+    assert lr_factor(0, 4, cfg) == pytest.approx(
+        0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item())
+    )
+    assert lr_factor(3, 4, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_learns_and_writes_the_run_directory(tmp_path, tiny_data):
+    cfg = make_config(TINY, {"epochs": 6, "lr": 0.1})
+    results = train(cfg, tmp_path / "run", data=tiny_data)
+    run = tmp_path / "run"
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "state.json",
+        "weights.safetensors",
+        "results.json",
+        "provenance.json",
+    ):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "img_per_s" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "loss_ce", "train_acc", "lr", "img_per_s"} <= set(epochs[-1])
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["schema"] == "robustfeat.results/1"
+    assert saved["run"]["method"] == "ce" and saved["run"]["config"]["epochs"] == 6
+    assert len(saved["run"]["git_sha"]) >= 7 and "torch" in saved["run"]["versions"]
+    assert saved["clean"]["n"] == 128 and saved["clean"]["accuracy"] == results["clean"]["accuracy"]
+    assert results["clean"]["accuracy"] > 0.2  # 10 classes: well above chance after 6 tiny epochs
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 6 * (256 // 32) and state["finished"]
+    assert len(list((run / "checkpoints").iterdir())) == 1
+
+
+def test_same_seed_gives_identical_weights(tmp_path, tiny_data):
+    cfg = make_config(TINY, {"checkpoint_every": 3})
+    train(cfg, tmp_path / "a", data=tiny_data)
+    train(cfg, tmp_path / "b", data=tiny_data)
+    a = load_tensors(tmp_path / "a" / "weights.safetensors")
+    b = load_tensors(tmp_path / "b" / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "robustfeat", *args], env=env, **kw)
+
+
+TRAIN_ARGS = [
+    "train",
+    "--model",
+    "resnet20",
+    "--model-arg",
+    "width=4",
+    "--data",
+    "shapes",
+    "--data-arg",
+    "n_train=512",
+    "--data-arg",
+    "n_test=64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "3",
+    "--lr",
+    "0.05",
+    "--no-progress",
+    "--set",
+    "checkpoint_every=2",
+]
+
+
+def test_kill9_and_resume_gives_bit_identical_weights(tmp_path):
+    ref = _cli(
+        [*TRAIN_ARGS, "-o", str(tmp_path / "ref")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
+    reference = load_tensors(tmp_path / "ref" / "weights.safetensors")
+    run = tmp_path / "killed"
+    for kill_after_step in (2, 20):  # first checkpoint; then mid-way through the second epoch
+        proc = _cli(
+            [*TRAIN_ARGS, "-o", str(run), "--resume"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            state = run / "state.json"
+            if (
+                state.exists()
+                and json.loads(state.read_text() or "{}").get("step", 0) >= kill_after_step
+            ):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = _cli(
+        [*TRAIN_ARGS, "-o", str(run), "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    resumed = load_tensors(run / "weights.safetensors")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--method", "nope"], "unknown method 'nope'"),
+        (["train", "--model", "resnet21"], "Did you mean 'resnet32'"),
+        (["train", "--data", "imagenet"], "unknown dataset"),
+        (["train", "--epochs", "0"], "epochs"),
+        (["train", "-c", "nosuchrecipe"], "unknown recipe"),
+        (["train", "--arg", "novalue"], "key=value"),
+        (["list", "things"], "cannot list"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, needle):
+    proc = _cli(
+        [*args, "-o", str(tmp_path / "out")] if args[0] == "train" else args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert needle in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not (tmp_path / "out").exists()  # no partial output
+
+
+def test_unknown_method_option_is_rejected_before_training(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        train(
+            make_config(TINY, {"method_args": {"smoothing": 0.1}}), tmp_path / "x", data=tiny_data
+        )
+    with pytest.raises(UnknownNameError):
+        train(make_config(TINY, {"at": "pgd_att"}), tmp_path / "y", data=tiny_data)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
