@@ -4,7 +4,8 @@
 
 Both attacks run L∞ PGD with a random start, eps 8/255, step 2/255, 20 steps, on the same
 batch, model in eval mode; the timed quantity is the wall time of one attack call (median of
-``--repeats`` after one warm-up call), reported as images per second. Ours is timed twice:
+``--repeats`` rounds after one warm-up round; the attacks alternate within each round so load
+from other jobs hits them alike), reported as images per second. Ours is timed twice:
 last iterate (``early_stop=False``, the same work as torchattacks) and with early stopping
 (our evaluation default, which drops fooled samples from the batch; its speed depends on the
 model, so it is only meaningful for a trained one, ``--run``). Writes
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,14 +32,18 @@ from robustfeat.runs import load_run
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 20
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up
-    times = []
+def interleaved(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each call, the attacks alternating within every round (after one warm-up
+    round), so load from other jobs on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -62,19 +68,22 @@ def main() -> None:
         y = model(x).argmax(1)  # the model's own predictions: every sample starts correct
 
     ta_pgd = torchattacks.PGD(model, eps=EPS, alpha=STEP, steps=STEPS, random_start=True)
-    results = {}
-    for name, fn in {
+    attacks: dict[str, Callable[[], torch.Tensor]] = {
         "torchattacks_pgd20": lambda: ta_pgd(x, y),
         "ours_pgd20_last_iterate": lambda: pgd(model, x, y, eps=EPS, steps=STEPS, step_size=STEP),
         "ours_pgd20_early_stop": lambda: pgd(
             model, x, y, eps=EPS, steps=STEPS, step_size=STEP, early_stop=True
         ),
-    }.items():
-        seconds, x_adv = timed(fn, args.repeats)
+    }
+    times = interleaved(attacks, args.repeats)
+    results = {}
+    for name, fn in attacks.items():
+        seconds = statistics.median(times[name])
         with torch.no_grad():
-            acc = (model(x_adv).argmax(1) == y).float().mean().item()
+            acc = (model(fn()).argmax(1) == y).float().mean().item()
         results[name] = {
             "seconds_per_batch": seconds,
+            "all_seconds": times[name],
             "images_per_second": args.batch / seconds,
             "accuracy_on_own_predictions": acc,
         }
@@ -96,7 +105,7 @@ def main() -> None:
             "norm": "linf",
             "random_start": True,
             "repeats": args.repeats,
-            "timing": "median wall time",
+            "timing": "median wall time, attacks interleaved per round",
             "inputs": "uniform random images, labels = the model's clean predictions",
             "torch_threads": torch.get_num_threads(),
         },

@@ -17,15 +17,6 @@ from robustfeat.errors import ConfigError, UnknownNameError
 from robustfeat.methods._base import Method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is ~10x faster than two on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ a quickly trained toy task
 class ToyNet(nn.Module):
     def __init__(self, classes: int = 4) -> None:

@@ -17,14 +17,6 @@ from robustfeat.evaluate import evaluate, topk_correct
 from test_attacks import ProbeMethod, toy_images, toy_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def flag_names(results: dict) -> set[str]:
     return {f["name"] for f in results["flags"]}
 

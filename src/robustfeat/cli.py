@@ -177,6 +177,17 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def spurious_train_distribution(spec: str, data_args: dict[str, Any], n: int) -> Any:
+    """Fresh images of the biased training distribution of ``shapes`` (background colour tied to
+    the class with probability spurious_p), to compare with its unbiased test set: the train
+    split generated from the next seed, so none of them was trained on."""
+    from .data import dataset_options, load_dataset
+
+    seed_option = next(o for o in ("render_seed", "data_seed") if o in dataset_options(spec))
+    options = {**data_args, "n_train": n, seed_option: data_args.get(seed_option, 0) + 1}
+    return load_dataset(spec, "train", **options)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, print_summary
@@ -193,13 +204,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise RobustfeatError(f"--shift must look like NAME=SPEC, got {item!r}")
         shift[name] = load_dataset(shift_spec, "test")
     if spec == "shapes" and cfg.data_args.get("spurious_p", 0) > 0:
-        # the biased (training) distribution, fresh images: compare with the unbiased test set
-        options = {
-            **cfg.data_args,
-            "n_train": len(test),
-            "data_seed": cfg.data_args.get("data_seed", 0) + 1,
-        }
-        shift["spurious_train_distribution"] = load_dataset(spec, "train", **options)
+        shift["spurious_train_distribution"] = spurious_train_distribution(
+            spec, cfg.data_args, len(test)
+        )
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )
