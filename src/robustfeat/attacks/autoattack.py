@@ -102,12 +102,8 @@ class APGDCE(TorchattacksAttack):
         )
 
 
-@register_attack(name="apgd_t")
-class APGDT(TorchattacksAttack):
-    """Targeted APGD on the targeted DLR loss, over the top ``targets`` wrong classes."""
-
-    name = "apgd_t"
-    loss = "dlr_targeted"
+class MultiTargeted(TorchattacksAttack):
+    """An attack run once per target class, the ``targets`` highest-scoring wrong classes."""
 
     def __init__(
         self,
@@ -123,12 +119,23 @@ class APGDT(TorchattacksAttack):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "targets": self.targets}
 
+    def ta_classes(self, num_classes: int) -> int:
+        """torchattacks' ``n_classes``: it attacks ``n_classes - 1`` target classes."""
+        return min(self.targets, num_classes - 1) + 1
+
+
+@register_attack(name="apgd_t")
+class APGDT(MultiTargeted):
+    """Targeted APGD on the targeted DLR loss (Croce & Hein 2020)."""
+
+    name = "apgd_t"
+    loss = "dlr_targeted"
+
     def build(self, model: nn.Module, num_classes: int) -> Any:
         if num_classes < 4:
             raise ConfigError(
                 f"APGD-T's targeted DLR loss needs >= 4 classes, the model has {num_classes}"
             )
-        # torchattacks attacks n_classes - 1 target classes
         return torchattacks.APGDT(
             model,
             norm=self.ta_norm[self.norm],
@@ -136,30 +143,16 @@ class APGDT(TorchattacksAttack):
             steps=self.steps,
             n_restarts=1,
             seed=self.seed,
-            n_classes=min(self.targets, num_classes - 1) + 1,
+            n_classes=self.ta_classes(num_classes),
         )
 
 
 @register_attack(name="fab_t")
-class FABT(TorchattacksAttack):
-    """Targeted FAB (Croce & Hein 2020) over the top ``targets`` wrong classes."""
+class FABT(MultiTargeted):
+    """Targeted FAB (Croce & Hein 2020)."""
 
     name = "fab_t"
     loss = "fab"
-
-    def __init__(
-        self,
-        eps: float = 8 / 255,
-        norm: str = "linf",
-        steps: int = AA_STEPS,
-        targets: int = AA_TARGETS,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps, norm, seed)
-        self.steps, self.targets = int(steps), int(targets)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "targets": self.targets}
 
     def build(self, model: nn.Module, num_classes: int) -> Any:
         return torchattacks.FAB(
@@ -170,7 +163,7 @@ class FABT(TorchattacksAttack):
             n_restarts=1,
             seed=self.seed,
             multi_targeted=True,
-            n_classes=min(self.targets, num_classes - 1) + 1,
+            n_classes=self.ta_classes(num_classes),
         )
 
 

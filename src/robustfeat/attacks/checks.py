@@ -167,36 +167,18 @@ def comparison_checks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         )
                     )
         pgds = [r for r in group if r["name"] == "pgd" and r.get("kind") != "adaptive"]
-        for a in pgds:
-            for b in pgds:
-                same = a["loss"] == b["loss"] and a is not b
-                tol = tolerance(min(a["n"], b["n"]))
-                if (
-                    same
-                    and a["restarts"] == b["restarts"]
-                    and b["steps"] > a["steps"]
-                    and b["accuracy"] > a["accuracy"] + tol
-                ):
+        for a, b in itertools.permutations(pgds, 2):
+            if a["loss"] != b["loss"] or b["accuracy"] <= a["accuracy"] + tolerance(
+                min(a["n"], b["n"])
+            ):
+                continue
+            for more, fixed in (("steps", "restarts"), ("restarts", "steps")):
+                if a[fixed] == b[fixed] and b[more] > a[more]:
                     flags.append(
                         flag(
-                            "more_steps_raised_accuracy",
-                            f"{b['label']} ({b['steps']} steps) accuracy {b['accuracy']:.3f} > "
-                            f"{a['label']} ({a['steps']} steps) {a['accuracy']:.3f}",
-                            fewer=a["label"],
-                            more=b["label"],
-                        )
-                    )
-                if (
-                    same
-                    and a["steps"] == b["steps"]
-                    and b["restarts"] > a["restarts"]
-                    and b["accuracy"] > a["accuracy"] + tol
-                ):
-                    flags.append(
-                        flag(
-                            "more_restarts_raised_accuracy",
-                            f"{b['label']} ({b['restarts']} restarts) {b['accuracy']:.3f} > "
-                            f"{a['label']} ({a['restarts']}) {a['accuracy']:.3f}",
+                            f"more_{more}_raised_accuracy",
+                            f"{b['label']} ({b[more]} {more}) accuracy {b['accuracy']:.3f} > "
+                            f"{a['label']} ({a[more]} {more}) {a['accuracy']:.3f}",
                             fewer=a["label"],
                             more=b["label"],
                         )
