@@ -8,6 +8,8 @@ import functools
 import pytest
 import torch
 import torchattacks
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from robustfeat.adversarial.pgd import ce_loss
@@ -142,6 +144,15 @@ def test_attacks_break_the_undefended_model(name):
     assert accuracy(model, x_adv, y) < 0.5 * accuracy(model, x, y)
 
 
+def test_square_l2_library_bug_is_a_clear_error():
+    model = AnySize(3, 5).eval()
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with pytest.raises(ConfigError, match="L2 Square"):
+        create_attack("square", eps=0.5, norm="l2", queries=20)(model, x, y)
+
+
 def test_eps_zero_is_identity():
     model, _ = toy_task()
     x, y = batch(4)
@@ -245,3 +256,41 @@ def test_worst_case_is_the_per_sample_minimum():
     out = worst_case(robust)
     assert out["uniquely_broken"] == {"a": 1, "b": 0, "c": 1}
     assert out["strongest_single"] == "a"
+
+
+class AnySize(nn.Module):
+    """A tiny CNN for any image size (global pooling)."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(CHEAP)),
+    batch=st.integers(1, 5),
+    channels=st.sampled_from([1, 3]),
+    size=st.sampled_from([6, 8, 10, 16]),  # torchattacks' L2 Square fails on e.g. 12, 14, 24 px
+    eps=st.floats(1e-3, 0.3),
+    norm=st.sampled_from(["linf", "l2"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_attacks_fuzzed(name, batch, channels, size, eps, norm, dtype):
+    torch.manual_seed(size)
+    model = AnySize(channels, 5).to(dtype).eval()
+    x = torch.rand(batch, channels, size, size, dtype=dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample starts correct
+    x_adv = create_attack(name, eps=eps, norm=norm, **CHEAP[name])(model, x, y)
+    assert x_adv.shape == x.shape and x_adv.dtype == dtype and torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    d = (x_adv - x).flatten(1).double()
+    size_ = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert (size_ <= eps * (1 + 1e-5) + 1e-6).all()

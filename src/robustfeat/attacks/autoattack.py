@@ -10,7 +10,9 @@ from its source):
 - its attacks call ``torch.random.manual_seed(seed)`` on the *global* RNG; we fork the RNG so
   an evaluation never changes the caller's random stream.
 - it reads the device from the model's parameters and expects float inputs in [0, 1] (our
-  models normalise inside, so no ``set_normalization_used``); we move x / y to that device.
+  models normalise inside, so no ``set_normalization_used``); we move x / y to that device as
+  float32 (a model of another float type is seen through a casting view: torchattacks builds
+  float32 buffers internally), and the result back to the caller's device and type.
 - ``torchattacks.AutoAttack(version="standard")`` builds APGD / APGD-T / FAB with torchattacks'
   default 10 iterations and n_classes - 1 target classes, while the reference AutoAttack
   "standard" (Croce & Hein 2020, RobustBench) uses 100 iterations, 9 target classes, Square with
@@ -39,9 +41,25 @@ SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
 
 
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
+class Float32View(nn.Module):
+    """Shows torchattacks (which builds float32 buffers internally) a float32 interface to a
+    model of another float type: casts inputs to the model's type and logits back."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def _float32_model(model: nn.Module) -> tuple[nn.Module, torch.device]:
     param = next(model.parameters(), None)
-    return param.device if param is not None else fallback
+    if param is None:
+        raise ConfigError("torchattacks attacks need a model with parameters (to find its device)")
+    if param.dtype != torch.float32 and param.dtype.is_floating_point:
+        return Float32View(model, param.dtype), param.device
+    return model, param.device
 
 
 def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
@@ -59,7 +77,7 @@ class TorchattacksAttack(Attack):
         """The configured torchattacks object for ``model``."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
-        device = _device_of(model, x.device)
+        model, device = _float32_model(model)
         xd, yd = x.detach().to(device=device, dtype=torch.float32), y.to(device)
         devices = [device] if device.type == "cuda" else []
         with model_mode(model, "eval"), torch.random.fork_rng(devices=devices):
@@ -188,6 +206,18 @@ class Square(TorchattacksAttack):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "queries": self.queries, "p_init": self.p_init}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        try:
+            return super().perturb(model, x, y)
+        except RuntimeError as err:
+            if self.norm != "l2":
+                raise
+            # torchattacks 3.5.1's L2 initialisation fails on some sizes (e.g. 12, 14, 24 px)
+            raise ConfigError(
+                f"torchattacks' L2 Square Attack cannot handle {tuple(x.shape[-2:])} images "
+                f"({err}); use the L∞ version or another image size"
+            ) from err
 
     def build(self, model: nn.Module, num_classes: int) -> Any:
         return torchattacks.Square(
