@@ -62,7 +62,7 @@ def toy_task() -> tuple[nn.Module, ImageDataset]:
     model = ToyNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x_all, y_all = train.float_images(), train.labels
-    for step in range(150):
+    for step in range(80):
         idx = torch.randint(0, len(train), (64,), generator=torch.Generator().manual_seed(step))
         loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
         opt.zero_grad()
