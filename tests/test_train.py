@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustfeat.cli import main
 from robustfeat.config import make_config
 from robustfeat.data import prepare_data
 from robustfeat.errors import ConfigError, UnknownNameError
@@ -172,18 +173,25 @@ def test_kill9_and_resume_gives_bit_identical_weights(tmp_path):
         (["list", "things"], "cannot list"),
     ],
 )
-def test_cli_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, needle):
+def test_cli_bad_input_is_one_clear_error_with_exit_code_2(
+    tmp_path, monkeypatch, capsys, args, needle
+):
+    monkeypatch.chdir(tmp_path)
+    argv = [*args, "-o", str(tmp_path / "out")] if args[0] == "train" else args
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") <= 2
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # no partial output
+
+
+def test_cli_process_exit_code_and_argparse_errors(tmp_path):
     proc = _cli(
-        [*args, "-o", str(tmp_path / "out")] if args[0] == "train" else args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
+        ["train", "--epochs", "many"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
     )
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert needle in err.decode()
+    assert proc.returncode == 2 and "invalid int value: 'many'" in err.decode()
     assert "Traceback" not in err.decode()
-    assert not (tmp_path / "out").exists()  # no partial output
 
 
 def test_unknown_method_option_is_rejected_before_training(tmp_path, tiny_data):

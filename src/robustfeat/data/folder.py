@@ -1,0 +1,368 @@
+"""``folder:PATH`` and ``zip:PATH``: ImageFolder trees (plain or zipped) decoded once and cached.
+
+Layout: ``PATH/<class>/<image>`` (the tree serves whichever split is asked for, recorded as
+``meta["whole_tree"]``), or ``PATH/train/<class>/...`` plus ``PATH/test/<class>/...`` (one per
+split). A zip may wrap the tree in one top-level folder. Every non-hidden file inside a class
+folder must be an image; all images must have one size; they are converted to RGB.
+
+The first load decodes with PIL (a process pool for large trees) under a progress bar and
+writes a uint8 cache (safetensors + JSON sidecar with the class names, never pickle) to
+``$ROBUSTFEAT_CACHE`` or ``~/.cache/robustfeat``, keyed by the absolute path, size and mtime
+of the source and the split. Later loads read the cache. Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import DataError, check
+from ._registry import SPLITS, register_path_form
+from .base import ImageDataset
+
+CACHE_VERSION = 1
+_CHUNK = 1000  # files per decoding task
+_POOL_MIN_FILES = 2000  # below this, decoding in-process beats starting a pool
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: env ``ROBUSTFEAT_CACHE`` or ``~/.cache/robustfeat``."""
+    env = os.environ.get("ROBUSTFEAT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "robustfeat"
+
+
+@register_path_form(name="folder")
+def load_folder(
+    path: str,
+    split: str,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> ImageDataset:
+    """An ImageFolder tree on disk (``root``/``download`` are ignored)."""
+    source = Path(path).expanduser().absolute()
+    if not source.exists():
+        raise DataError(f"folder:{path}: {source} does not exist")
+    if not source.is_dir():
+        raise DataError(f"folder:{path}: {source} is not a directory (a zip loads as zip:PATH)")
+    entries = sorted(source.rglob("*"))
+    files = [p.relative_to(source).as_posix() for p in entries if p.is_file()]
+    dirs = {p.relative_to(source).as_posix() for p in entries if p.is_dir()}
+    # Any added, removed, resized or touched file changes the cache key.
+    stats = "".join(
+        f"{f}|{(source / f).stat().st_size}|{(source / f).stat().st_mtime_ns}\n" for f in files
+    )
+    fingerprint = hashlib.sha256(stats.encode()).hexdigest()
+    return _load_tree(
+        "folder", source, fingerprint, split, workers, progress, lambda: (files, dirs)
+    )
+
+
+@register_path_form(name="zip")
+def load_zip(
+    path: str,
+    split: str,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> ImageDataset:
+    """An ImageFolder tree inside a zip file (``root``/``download`` are ignored)."""
+    source = Path(path).expanduser().absolute()
+    if not source.is_file():
+        raise DataError(f"zip:{path}: {source} does not exist or is not a file")
+
+    def listing() -> tuple[list[str], set[str]]:
+        try:
+            with zipfile.ZipFile(source) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DataError(f"zip:{path}: {source} is not a readable zip file ({err})") from err
+        files = sorted(n for n in names if not n.endswith("/"))
+        dirs = {n.rstrip("/") for n in names if n.endswith("/")}
+        for f in files:  # folders implied by the member names
+            parts = f.split("/")
+            dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        return files, dirs
+
+    stat = source.stat()
+    fingerprint = f"{stat.st_size}|{stat.st_mtime_ns}"
+    return _load_tree("zip", source, fingerprint, split, workers, progress, listing)
+
+
+# ------------------------------------------------------------------ layout
+def _hidden(relpath: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in relpath.split("/"))
+
+
+def _children(dirs: Iterable[str], prefix: str) -> list[str]:
+    """Immediate sub-folder names of ``prefix`` ("" is the top)."""
+    depth = prefix.count("/")
+    return sorted(
+        d.split("/")[depth]
+        for d in dirs
+        if d.startswith(prefix) and d.count("/") == depth and not _hidden(d)
+    )
+
+
+def _class_files(
+    files: list[str], dirs: set[str], split: str, where: str
+) -> tuple[list[str], list[list[str]], bool]:
+    """(class names, files per class, whole_tree) of one split of an ImageFolder tree."""
+    prefix = ""
+    # Descend through a single wrapper folder (``cifar10/train/...`` inside a zip).
+    while True:
+        kids = _children(dirs, prefix)
+        loose = [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
+        if (
+            len(kids) != 1
+            or loose
+            or kids[0] in SPLITS
+            or not _children(dirs, prefix + kids[0] + "/")
+        ):
+            break
+        prefix += kids[0] + "/"
+    whole_tree = not set(SPLITS) <= set(kids)
+    if not whole_tree:
+        prefix += split + "/"
+    classes = _children(dirs, prefix)
+    if not classes:
+        layout = "<class>/<image> or train/<class>/<image> and test/<class>/<image>"
+        raise DataError(
+            f"{where}: no class folders in {prefix or 'the top level'}; expected {layout}"
+        )
+    members: dict[str, list[str]] = {name: [] for name in classes}
+    for f in files:
+        name, sep, _ = f[len(prefix) :].partition("/")
+        if f.startswith(prefix) and sep and name in members and not _hidden(f):
+            members[name].append(f)
+    for name, found in members.items():
+        if not found:
+            raise DataError(f"{where}: class folder {prefix}{name}/ has no image files")
+    return classes, list(members.values()), whole_tree
+
+
+# ------------------------------------------------------------------ decoding
+class _Reader:
+    """Reads member files of a folder or zip; a zip is opened once per process."""
+
+    def __init__(self, kind: str, source: Path) -> None:
+        self.kind, self.source = kind, source
+        self.archive = zipfile.ZipFile(source) if kind == "zip" else None
+
+    def shown(self, name: str) -> str:
+        return _shown(self.kind, self.source, name)
+
+    def read(self, name: str) -> bytes:
+        return self.archive.read(name) if self.archive else (self.source / name).read_bytes()
+
+    def close(self) -> None:
+        if self.archive:
+            self.archive.close()
+
+
+def _decode_chunk(reader: _Reader, names: list[str]) -> tuple[tuple[int, int], bytes]:
+    """Decode files to RGB uint8; returns ((H, W), stacked pixel bytes)."""
+    arrays, first = [], None
+    for name in names:
+        try:
+            with Image.open(io.BytesIO(reader.read(name))) as image:
+                array = np.asarray(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"{reader.shown(name)} is not a readable image ({err})") from None
+        if first is None:
+            first = (reader.shown(name), array.shape)
+        elif array.shape != first[1]:
+            raise DataError(_mixed_sizes(reader.shown(name), array.shape, *first))
+        arrays.append(array)
+    return first[1][:2], np.stack(arrays).tobytes()
+
+
+_WORKER_READER: _Reader | None = None  # set in each pool worker by _init_worker
+
+
+def _init_worker(kind: str, source: Path) -> None:
+    global _WORKER_READER
+    _WORKER_READER = _Reader(kind, source)
+
+
+def _decode_in_worker(names: list[str]) -> tuple[tuple[int, int], bytes]:
+    assert _WORKER_READER is not None
+    return _decode_chunk(_WORKER_READER, names)
+
+
+def _shown(kind: str, source: Path, name: str) -> str:
+    """How a member file is named in messages."""
+    return f"{source}:{name}" if kind == "zip" else str(source / name)
+
+
+def _mixed_sizes(
+    file: str, shape: tuple[int, ...], ref_file: str, ref_shape: tuple[int, ...]
+) -> str:
+    return (
+        f"images have mixed sizes: {file} is {shape[1]}x{shape[0]} but {ref_file} is "
+        f"{ref_shape[1]}x{ref_shape[0]} (width x height); resize them to one size first"
+    )
+
+
+def _decode_all(
+    kind: str, source: Path, names: list[str], workers: int, progress: bool, label: str
+) -> torch.Tensor:
+    """All files as one uint8 tensor (N, 3, H, W), in the order of ``names``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    chunks = [names[i : i + _CHUNK] for i in range(0, len(names), _CHUNK)]
+    results: list[tuple[tuple[int, int], bytes]] = []
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    )
+    if workers > 1 and len(names) >= _POOL_MIN_FILES:
+        # fork starts workers without re-importing torch. ProcessPoolExecutor launches all fork
+        # workers at the first submit, before the progress bar starts its refresh thread.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker,
+            initargs=(kind, source),
+        ) as pool:
+            futures = [pool.submit(_decode_in_worker, chunk) for chunk in chunks]
+            with bar:
+                task = bar.add_task(label, total=len(names))
+                for chunk, future in zip(chunks, futures, strict=True):
+                    results.append(future.result())
+                    bar.advance(task, len(chunk))
+    else:
+        reader = _Reader(kind, source)
+        try:
+            with bar:
+                task = bar.add_task(label, total=len(names))
+                for chunk in chunks:
+                    results.append(_decode_chunk(reader, chunk))
+                    bar.advance(task, len(chunk))
+        finally:
+            reader.close()
+    (height, width), _ = results[0]
+    for chunk, ((h, w), _) in zip(chunks, results, strict=True):
+        if (h, w) != (height, width):
+            first = _shown(kind, source, names[0])
+            raise DataError(
+                _mixed_sizes(_shown(kind, source, chunk[0]), (h, w), first, (height, width))
+            )
+    pixels = np.frombuffer(b"".join(blob for _, blob in results), dtype=np.uint8)
+    return torch.from_numpy(pixels.reshape(len(names), height, width, 3).copy()).permute(0, 3, 1, 2)
+
+
+# ------------------------------------------------------------------ cache
+def _cache_paths(kind: str, source: Path, split: str, fingerprint: str) -> tuple[Path, Path, str]:
+    key_text = f"v{CACHE_VERSION}|{kind}|{source}|{fingerprint}|{split}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+    stem = f"{kind}-{source.name.replace('.', '_')}-{split}-{key[:16]}"
+    directory = cache_dir()
+    return directory / f"{stem}.safetensors", directory / f"{stem}.json", key
+
+
+def _read_cache(tensors_path: Path, sidecar_path: Path, key: str) -> tuple[dict, dict] | None:
+    """The cached tensors and sidecar, or None when absent, stale or unreadable (re-decode)."""
+    if not (tensors_path.is_file() and sidecar_path.is_file()):
+        return None
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+        tensors = load_file(tensors_path)
+    except (OSError, ValueError, SafetensorError):
+        return None
+    if sidecar.get("key") != key or tensors["labels"].shape[0] != sidecar.get("count"):
+        return None
+    return tensors, sidecar
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_tree(
+    kind: str,
+    source: Path,
+    fingerprint: str,
+    split: str,
+    workers: int,
+    progress: bool,
+    listing: Callable[[], tuple[list[str], set[str]]],
+) -> ImageDataset:
+    """Read the cache of (source, split) or decode the tree and write the cache."""
+    check(
+        isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
+        f"workers must be an integer >= 1, got {workers!r}",
+    )
+    where = f"{kind}:{source}"
+    tensors_path, sidecar_path, key = _cache_paths(kind, source, split, fingerprint)
+    cached = _read_cache(tensors_path, sidecar_path, key)
+    if cached is None:
+        files, dirs = listing()
+        classes, per_class, whole_tree = _class_files(files, dirs, split, where)
+        names = [f for members in per_class for f in members]
+        labels = torch.cat(
+            [torch.full((len(m),), k, dtype=torch.int64) for k, m in enumerate(per_class)]
+        )
+        label = f"decoding {source.name} [{split}] (once, then cached)"
+        images = _decode_all(kind, source, names, workers, progress, label).contiguous()
+        sidecar = {
+            "key": key,
+            "source": where,
+            "split": split,
+            "whole_tree": whole_tree,
+            "count": len(names),
+            "class_names": classes,
+        }
+        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(tensors_path, lambda p: save_file({"images": images, "labels": labels}, p))
+        _write_atomic(sidecar_path, lambda p: p.write_text(json.dumps(sidecar, indent=1)))
+    else:
+        tensors, sidecar = cached
+        images, labels = tensors["images"], tensors["labels"]
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        num_classes=len(sidecar["class_names"]),
+        class_names=sidecar["class_names"],
+        name=source.stem,
+        meta={
+            "source": where,
+            "split": split,
+            "whole_tree": sidecar["whole_tree"],
+            "cache": str(tensors_path),
+        },
+    )
