@@ -181,10 +181,9 @@ def spurious_train_distribution(spec: str, data_args: dict[str, Any], n: int) ->
     """Fresh images of the biased training distribution of ``shapes`` (background colour tied to
     the class with probability spurious_p), to compare with its unbiased test set: the train
     split generated from the next seed, so none of them was trained on."""
-    from .data import dataset_options, load_dataset
+    from .data import load_dataset
 
-    seed_option = next(o for o in ("render_seed", "data_seed") if o in dataset_options(spec))
-    options = {**data_args, "n_train": n, seed_option: data_args.get(seed_option, 0) + 1}
+    options = {**data_args, "n_train": n, "render_seed": data_args.get("render_seed", 0) + 1}
     return load_dataset(spec, "train", **options)
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from .. import io
 from ..adversarial.pgd import model_mode
+from ..data import cache_dir
 from ..data.base import ImageDataset
 from ..errors import CheckpointError, ConfigError, DataError
 from .functional import CORRUPTIONS, SEVERITIES
@@ -63,11 +63,6 @@ def generate(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> t
     out = CORRUPTIONS[name](array, severity, rng)
     out = torch.from_numpy(np.uint8(np.clip(out, 0, 255))).permute(0, 3, 1, 2).contiguous()
     return out.float().mean(1, keepdim=True).round().to(torch.uint8) if grey else out
-
-
-def cache_dir() -> Path:
-    """``$ROBUSTFEAT_CACHE`` or ``~/.cache/robustfeat``."""
-    return Path(os.environ.get("ROBUSTFEAT_CACHE", Path.home() / ".cache" / "robustfeat"))
 
 
 def _cache_key(images: torch.Tensor, seed: int) -> str:
