@@ -71,6 +71,7 @@ BAD_TRAIN_ARGS = {
     "data option range": (["--data-arg", "n_train=-5"], "n_train must be an integer >= 1"),
     "subset too large": (["--samples-per-class", "1000"], "has only"),
     "batch > data": (["--batch-size", "1024"], "fewer than one batch of 1024"),
+    "unknown eval suite": (["--eval-suite", "nope"], "unknown evaluation suite 'nope'; valid: "),
 }
 
 
@@ -324,3 +325,105 @@ def test_bad_bench_matrices(tmp_path, capsys, cells, needle):
     argv += ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     assert needle in fails_cleanly(argv, capsys, tmp_path.parent)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+# ------------------------------------------------------------------ robustfeat eval RUN_DIR
+EVAL = ["--suite", "clean", "--no-progress", "--device", "cpu"]
+
+
+def _eval_weights(run: Path) -> Path:
+    return run / "weights.safetensors"
+
+
+def _eval_pickle(run: Path) -> str:
+    _eval_weights(run).write_bytes(b"\x80\x04" + b"K\x01." * 4)
+    return "is a pickle / torch.save file"
+
+
+def _eval_truncated(run: Path) -> str:
+    data = _eval_weights(run).read_bytes()
+    _eval_weights(run).write_bytes(data[:100])
+    return "is not a valid safetensors file"
+
+
+def _eval_nan(run: Path) -> str:
+    tensors = io.load_tensors(_eval_weights(run))
+    tensors["model.fc.bias"][3] = float("inf")
+    io.save_tensors(_eval_weights(run), tensors)
+    return "holds NaN/inf values in ['model.fc.bias']"
+
+
+def _eval_no_weights(run: Path) -> str:
+    _eval_weights(run).unlink()
+    (run / "state.json").unlink()
+    return "no weights in"
+
+
+def _eval_checkpoint_gone(run: Path) -> str:
+    _eval_weights(run).unlink()
+    shutil.rmtree(run / "checkpoints")
+    return "state.json points at"
+
+
+def _eval_pointer_outside(run: Path) -> str:
+    _eval_weights(run).unlink()
+    (run / "state.json").write_text('{"step": 4, "checkpoint": "../../etc"}')
+    return "is not a robustfeat checkpoint pointer"
+
+
+def _eval_config_tag(run: Path) -> str:
+    (run / "config.yaml").write_text("epochs: !!python/object/apply:os.system ['true']\n")
+    return "config.yaml is not valid YAML"
+
+
+def _eval_config_value(run: Path) -> str:
+    (run / "config.yaml").write_text("model: test_cnn\nepochs: zero\n")
+    return "config 'epochs' must be int"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _eval_pickle,
+        _eval_truncated,
+        _eval_nan,
+        _eval_no_weights,
+        _eval_checkpoint_gone,
+        _eval_pointer_outside,
+        _eval_config_tag,
+        _eval_config_value,
+    ],
+)
+def test_eval_of_a_damaged_run(tmp_path, capsys, finished, damage):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "results.json").unlink()
+    needle = damage(run)
+    assert needle in fails_cleanly(["eval", str(run), *EVAL], capsys, tmp_path)
+    assert not (run / "results.json").exists()
+
+
+def test_eval_with_a_dataset_of_other_classes(tmp_path, capsys, finished):
+    """A 2-class test set against a 10-class checkpoint."""
+    root = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            image(root / cls / f"{i}.png", size=(16, 16), colour=60 * i)
+    argv = ["eval", str(finished), *EVAL, "--data", f"folder:{root}", "--out", str(tmp_path / "r")]
+    err = fails_cleanly(argv, capsys, tmp_path)
+    assert "does not fit this model (wrong architecture or classes?)" in err
+    assert "model.fc.weight: file (10, 16) vs model (2, 16)" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--n", "-1"], "n must be an integer >= 0, got -1"),
+        (["--suite", "nope"], "unknown evaluation suite 'nope'"),
+        (["--device", "tpu"], "bad device 'tpu'"),
+        (["--shift", "x=nope"], "unknown dataset 'nope'"),
+    ],
+)
+def test_bad_eval_arguments(tmp_path, capsys, finished, args, needle):
+    argv = ["eval", str(finished), *EVAL, *args, "--out", str(tmp_path / "r.json")]
+    assert needle in fails_cleanly(argv, capsys, tmp_path)

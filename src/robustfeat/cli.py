@@ -195,7 +195,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = read_run_config(args.run_dir)
     spec = args.data or cfg.data
-    test = load_dataset(spec, "test", **cfg.data_args)
+    # the run's dataset options belong to its dataset, not to one given with --data
+    test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
     shift = {}
     for item in args.shift or []:
         name, sep, shift_spec = item.partition("=")

@@ -43,9 +43,10 @@ def weights_path(run_dir: str | Path) -> Path:
     final = run_dir / "weights.safetensors"
     if final.is_file():
         return final
-    state = run_dir / "state.json"
-    if state.is_file():
-        ckpt = run_dir / io.read_json(state)["checkpoint"] / "weights.safetensors"
+    if (run_dir / "state.json").is_file():
+        from .train import RunDir  # the checked pointer: it cannot lead outside run_dir
+
+        ckpt = RunDir(run_dir).checkpoint_state()[1] / "weights.safetensors"
         if ckpt.is_file():
             return ckpt
     raise CheckpointError(f"no weights in {run_dir}: neither weights.safetensors nor a checkpoint")

@@ -166,8 +166,10 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 
 
 def validate_names(cfg: TrainConfig) -> None:
-    """Fail fast on an unknown model, method, scheme or dataset name."""
+    """Fail fast on an unknown model, method, scheme, dataset or evaluation-suite name (the
+    suite runs after training: a typo there must not cost the whole training run)."""
     from .adversarial.schemes import SCHEMES
+    from .attacks.suites import get_suite
     from .data import check_dataset_spec
     from .methods import METHODS
     from .models import MODELS
@@ -178,6 +180,8 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
+    if cfg.eval_suite:
+        get_suite(cfg.eval_suite)
 
 
 # ------------------------------------------------------------------ run directory
