@@ -142,7 +142,7 @@ TRAIN_ON_FOLDER = _drop_data_args(TRAIN)  # the shapes options do not apply to f
 
 def image(path: Path, size: tuple[int, int] = (8, 8), colour: int = 100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (colour, 50, 200)).save(path)
+    Image.new("RGB", size, (colour, 255 - colour, (3 * colour) % 256)).save(path)
 
 
 def image_tree(root: Path) -> Path:
@@ -187,6 +187,29 @@ def test_dataset_problems_name_the_folder_or_file(tmp_path, capsys, damage):
     argv = [*TRAIN_ON_FOLDER, "--data", f"folder:{root}", "--batch-size", "4"]
     argv += ["-o", str(tmp_path / "o")]
     assert needle in fails_cleanly(argv, capsys, tmp_path)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_constant_colour_channel_cannot_be_normalised(tmp_path, capsys):
+    root = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            path = root / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(path)
+    argv = [*TRAIN_ON_FOLDER, "--data", f"folder:{root}", "--batch-size", "4"]
+    err = fails_cleanly([*argv, "-o", str(tmp_path / "o")], capsys, tmp_path)
+    assert "normalization needs one positive std per mean" in err
+
+
+def test_images_too_small_for_reflect_padding(tmp_path, capsys):
+    root = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            image(root / cls / f"{i}.png", size=(4, 4), colour=40 * i)
+    argv = [*TRAIN_ON_FOLDER, "--data", f"folder:{root}", "--batch-size", "4"]
+    err = fails_cleanly([*argv, "-o", str(tmp_path / "o")], capsys, tmp_path)
+    assert "reflect padding 4 needs images larger than 4 pixels, got 4x4" in err
     assert not (tmp_path / "o").exists()
 
 

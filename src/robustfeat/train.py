@@ -471,7 +471,11 @@ class Trainer:
         method = create_method(cfg.method, model, **cfg.method_args)
         scheme = create_scheme(cfg.at, **cfg.at_args)
         trainer = cls(cfg, run, data, method, scheme, device, distributed)
-        trainer.loader()  # batch size vs data and world size: checked before output is written
+        # batch size vs data and world size, and the augmentation on one image: checked before
+        # any output is written
+        loader = trainer.loader()
+        if loader.augment is not None:
+            loader.augment(data.train.float_images(slice(0, 1)), torch.Generator())
         if distributed.main:
             run.prepare()
         method.to(device)

@@ -10,7 +10,9 @@ Attacks always leave the model's (and every submodule's) train/eval mode as they
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,7 +72,8 @@ class Attack(abc.ABC):
         so a library bug can never inflate an attack's success."""
         if self.eps == 0 or x.shape[0] == 0:
             return AttackOutput(x.detach().clone())
-        out = self.perturb(model, x, y)
+        with input_gradients_only(model):
+            out = self.perturb(model, x, y)
         out.x_adv = (x + project(out.x_adv.to(x.dtype) - x, x, self.eps, self.norm)).clamp(0, 1)
         return out
 
@@ -82,6 +85,22 @@ class Attack(abc.ABC):
             f"{k}={v}" for k, v in self.describe().items() if k != "name" and v is not None
         )
         return f"{type(self).__name__}({params})"
+
+
+@contextlib.contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """While an attack runs, parameters do not require gradients (an attack needs only input
+    gradients: cheaper) and their ``.grad`` is restored after, so no attack, torchattacks' FAB
+    included, leaves gradients behind in a model that is being trained."""
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    for p, _, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, requires_grad, grad in saved:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
 
 
 def create_attack(name: str, **params: Any) -> Attack:
