@@ -52,7 +52,9 @@ def tiny():
 
 @pytest.mark.parametrize("constraint", ["simplex", "hyperplane"])
 def test_eta_stays_on_the_constraint_set_after_sgd_steps(constraint):
-    method = create_method("lalfa", tiny(), eta_constraint=constraint, eta_lr=0.5, steps=1).train()
+    method = create_method(
+        "lalfa", tiny(), granularity="block", eta_constraint=constraint, eta_lr=0.5, steps=1
+    ).train()
     assert method.site_names == ["stem", "stage1.0", "stage2.0", "stage3.0"]  # one per block
     assert torch.equal(method.eta.detach(), torch.ones(4))  # the paper's eta_0
     groups = method.param_groups({"lr": 0.1, "weight_decay": 5e-4})
@@ -79,6 +81,7 @@ def test_eta_stays_on_the_constraint_set_after_sgd_steps(constraint):
 
 def test_eta_has_its_own_parameter_group():
     method = create_method("lalfa", tiny(), eta_lr=0.02)
+    assert method.site_names == ["stage1.0", "stage2.0", "stage3.0"]  # default: one per stage
     model_group, eta_group = method.param_groups({"lr": 0.1, "weight_decay": 5e-4})
     assert eta_group["params"] == [method.eta]
     assert eta_group["lr"] == 0.02 and eta_group["weight_decay"] == 0.0
