@@ -4,6 +4,7 @@ output (no run directory, nothing new next to it, an existing run left untouched
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from PIL import Image
 
 from robustfeat import io
 from robustfeat.cli import main
+from robustfeat.errors import ConfigError
+from robustfeat.methods import METHODS, check_method_options, list_methods
 from robustfeat.models import create_model
 from test_reliability_faults import TRAIN, error_line
 
@@ -82,6 +85,40 @@ def test_bad_train_arguments(tmp_path, monkeypatch, capsys, case):
     err = fails_cleanly([*TRAIN, *extra, "-o", str(tmp_path / "out")], capsys, tmp_path)
     assert needle in err
     assert list(tmp_path.iterdir()) == []
+
+
+# method options: types from the annotations, ranges and sites from the methods themselves
+BAD_METHOD_OPTIONS = [
+    ("alfa", "eps=-1", "eps must be > 0 or None"),
+    ("alfa", "steps=0", "steps must be an int >= 1"),
+    ("alfa", "alpha=-0.1", "alpha must be > 0"),
+    ("alfa", "nodes=stage9", "unknown perturbation site 'stage9'; valid: stages ['stem'"),
+    ("alfa", "bn_mode=weird", "bn_mode must be one of ('train', 'eval')"),
+    ("alfa", "steps=2.5", "'steps' must be int, got 2.5"),
+    ("lalfa", "lam=-1", "lam must be >= 0"),
+    ("moex", "p=2", "p must be in [0, 1]"),
+    ("moex", "node=stage9", "unknown feature node 'stage9'"),
+    ("advprop", "eps=-1", "eps must be > 0"),
+    ("advprop", "random_start=maybe", "'random_start' must be bool"),
+    ("feature_noise", "sigma=-1", "sigma must be > 0"),
+    ("feature_noise", "nodes=[stem, nope]", "unknown perturbation site 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("method", "option", "needle"), BAD_METHOD_OPTIONS)
+def test_bad_method_options(tmp_path, capsys, method, option, needle):
+    argv = [*TRAIN, "--method", method, "--arg", option, "-o", str(tmp_path / "o")]
+    assert needle in fails_cleanly(argv, capsys, tmp_path)
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_lists_its_options_and_accepts_its_defaults(method):
+    """The option check (names and annotated types) agrees with every method's own defaults."""
+    params = inspect.signature(METHODS.get(method).__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    check_method_options(method, defaults)
+    with pytest.raises(ConfigError, match=r"unknown \['no_such_option'\]; valid: \["):
+        check_method_options(method, {"no_such_option": 1})
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path, capsys):
