@@ -360,3 +360,11 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
     # how a run is reported or checkpointed may change
     args = ["--set", "log_every=2", "--set", "checkpoint_every=1", "--set", "eval_suite=null"]
     assert main([*TRAIN, "--epochs", "1", *args, "-o", str(run), "--resume"]) == 0
+
+
+def test_resume_with_a_corrupt_config_yaml_is_one_clear_error(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    (run / "config.yaml").write_text("epochs: [1\n")
+    capsys.readouterr()
+    assert main([*TRAIN, "--epochs", "1", "-o", str(run), "--resume"]) == 2
+    assert "config.yaml is not valid YAML: line 2" in error_line(capsys.readouterr().err)

@@ -66,6 +66,21 @@ def test_a_pickle_in_a_run_directory_is_refused_on_resume(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_a_pickle_as_run_weights_is_refused_by_eval_and_load_run(tmp_path, capsys):
+    from robustfeat.runs import load_run
+
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    assert main([*TRAIN, "--epochs", "1", "-o", str(run)]) == 0
+    (run / "results.json").unlink()
+    (run / "weights.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_run(run)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--suite", "clean", "--no-progress", "--device", "cpu"]) == 2
+    assert "is a pickle / torch.save file" in error_line(capsys.readouterr().err)
+    assert not marker.exists() and not (run / "results.json").exists()
+
+
 def test_a_pickle_as_timm_pretrained_file_is_refused(tmp_path, capsys):
     marker, evil = tmp_path / "PWNED", tmp_path / "evil.safetensors"
     evil.write_bytes(pickle.dumps(Payload(marker)))

@@ -40,7 +40,7 @@ from torch import nn
 
 from . import io
 from .adversarial.schemes import Scheme, create_scheme
-from .config import TrainConfig
+from .config import TrainConfig, read_yaml
 from .data import DataSplits, prepare_data
 from .data.loader import BatchLoader
 from .data.transforms import default_train_augment
@@ -297,7 +297,7 @@ class RunDir:
         """A resumed run must train what the checkpoint was trained with."""
         if not self.config.is_file():
             return
-        saved = yaml.safe_load(self.config.read_text()) or {}
+        saved = read_yaml(self.config)
         current = cfg.to_dict()
         changed = [
             f"{key} {saved[key]!r} -> {value!r}"
