@@ -273,51 +273,76 @@ def finished(tmp_path_factory) -> Path:
     return run
 
 
-def _weights(run: Path) -> Path:
+def _checkpoint_weights(run: Path) -> Path:
     return next((run / "checkpoints").iterdir()) / "weights.safetensors"
 
 
-def _truncate(run: Path) -> str:
-    data = _weights(run).read_bytes()
-    _weights(run).write_bytes(data[: len(data) // 3])
+# damages of a weights file (a checkpoint's or the final one): path -> expected message
+def _truncate(path: Path) -> str:
+    path.write_bytes(path.read_bytes()[:100])
     return "is not a valid safetensors file (truncated or corrupt?)"
 
 
-def _garble_header(run: Path) -> str:
-    data = bytearray(_weights(run).read_bytes())
+def _garble_header(path: Path) -> str:
+    data = bytearray(path.read_bytes())
     data[8:40] = b"#" * 32
-    _weights(run).write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     return "is not a valid safetensors file"
 
 
-def _nan_tensor(run: Path) -> str:
-    tensors = io.load_tensors(_weights(run))
+def _pickled(path: Path) -> str:
+    path.write_bytes(b"\x80\x04" + b"K\x01." * 4)
+    return "is a pickle / torch.save file"
+
+
+def _nan_tensor(path: Path) -> str:
+    tensors = io.load_tensors(path)
     tensors["model.fc.weight"][0, 0] = float("nan")
-    io.save_tensors(_weights(run), tensors)
-    return "holds NaN/inf values in ['model.fc.weight']"
+    tensors["model.fc.bias"][3] = float("inf")
+    io.save_tensors(path, tensors)
+    return "holds NaN/inf values in ['model.fc.bias', 'model.fc.weight']"
 
 
-def _other_architecture(run: Path) -> str:
+def _other_architecture(path: Path) -> str:
     wider = create_model("test_cnn", 10, width=8).state_dict()
-    io.save_tensors(_weights(run), {f"model.{k}": v for k, v in wider.items()})
+    io.save_tensors(path, {f"model.{k}": v for k, v in wider.items()})
     return "does not fit this model (wrong architecture or classes?): "
 
 
-def _fewer_classes(run: Path) -> str:
-    tensors = io.load_tensors(_weights(run))
+def _fewer_classes(path: Path) -> str:
+    tensors = io.load_tensors(path)
     tensors["model.fc.weight"] = tensors["model.fc.weight"][:5]
     tensors["model.fc.bias"] = tensors["model.fc.bias"][:5]
-    io.save_tensors(_weights(run), tensors)
+    io.save_tensors(path, tensors)
     return "model.fc.weight: file (5, 16) vs model (10, 16)"
 
 
+WEIGHT_DAMAGE = [
+    _truncate,
+    _garble_header,
+    _pickled,
+    _nan_tensor,
+    _other_architecture,
+    _fewer_classes,
+]
+
+
+@pytest.mark.parametrize("damage", WEIGHT_DAMAGE)
+def test_damaged_checkpoint_weights_on_resume(tmp_path, capsys, finished, damage):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    needle = damage(_checkpoint_weights(run))
+    argv = [*TRAIN, "--epochs", "1", "-o", str(run), "--resume"]
+    assert needle in fails_cleanly(argv, capsys, tmp_path)
+
+
 def _optimizer_missing(run: Path) -> str:
-    (_weights(run).parent / "optimizer.json").unlink()
+    (_checkpoint_weights(run).parent / "optimizer.json").unlink()
     return "optimizer.json does not exist"
 
 
 def _optimizer_shape(run: Path) -> str:
-    path = _weights(run).parent / "optimizer.safetensors"
+    path = _checkpoint_weights(run).parent / "optimizer.safetensors"
     tensors = io.load_tensors(path, check_finite=False)
     tensors["0.momentum_buffer"] = torch.zeros(3)
     io.save_tensors(path, tensors)
@@ -325,7 +350,7 @@ def _optimizer_shape(run: Path) -> str:
 
 
 def _optimizer_extra(run: Path) -> str:
-    path = _weights(run).parent / "optimizer.safetensors"
+    path = _checkpoint_weights(run).parent / "optimizer.safetensors"
     tensors = io.load_tensors(path, check_finite=False)
     io.save_tensors(path, {**tensors, "99.momentum_buffer": torch.zeros(1)})
     return "optimizer state does not fit this run: entry '99.momentum_buffer'"
@@ -337,20 +362,9 @@ def _state_not_json(run: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    "damage",
-    [
-        _truncate,
-        _garble_header,
-        _nan_tensor,
-        _other_architecture,
-        _fewer_classes,
-        _optimizer_missing,
-        _optimizer_shape,
-        _optimizer_extra,
-        _state_not_json,
-    ],
+    "damage", [_optimizer_missing, _optimizer_shape, _optimizer_extra, _state_not_json]
 )
-def test_checkpoint_problems_on_resume(tmp_path, capsys, finished, damage):
+def test_damaged_checkpoint_state_on_resume(tmp_path, capsys, finished, damage):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     needle = damage(run)
@@ -395,22 +409,14 @@ def _eval_weights(run: Path) -> Path:
     return run / "weights.safetensors"
 
 
-def _eval_pickle(run: Path) -> str:
-    _eval_weights(run).write_bytes(b"\x80\x04" + b"K\x01." * 4)
-    return "is a pickle / torch.save file"
-
-
-def _eval_truncated(run: Path) -> str:
-    data = _eval_weights(run).read_bytes()
-    _eval_weights(run).write_bytes(data[:100])
-    return "is not a valid safetensors file"
-
-
-def _eval_nan(run: Path) -> str:
-    tensors = io.load_tensors(_eval_weights(run))
-    tensors["model.fc.bias"][3] = float("inf")
-    io.save_tensors(_eval_weights(run), tensors)
-    return "holds NaN/inf values in ['model.fc.bias']"
+@pytest.mark.parametrize("damage", WEIGHT_DAMAGE)
+def test_eval_of_damaged_weights(tmp_path, capsys, finished, damage):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "results.json").unlink()
+    needle = damage(_eval_weights(run))
+    assert needle in fails_cleanly(["eval", str(run), *EVAL], capsys, tmp_path)
+    assert not (run / "results.json").exists()
 
 
 def _eval_no_weights(run: Path) -> str:
@@ -444,9 +450,6 @@ def _eval_config_value(run: Path) -> str:
 @pytest.mark.parametrize(
     "damage",
     [
-        _eval_pickle,
-        _eval_truncated,
-        _eval_nan,
         _eval_no_weights,
         _eval_checkpoint_gone,
         _eval_pointer_outside,
@@ -454,7 +457,7 @@ def _eval_config_value(run: Path) -> str:
         _eval_config_value,
     ],
 )
-def test_eval_of_a_damaged_run(tmp_path, capsys, finished, damage):
+def test_eval_of_a_damaged_run_directory(tmp_path, capsys, finished, damage):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     (run / "results.json").unlink()

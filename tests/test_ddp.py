@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +22,9 @@ from torch import nn
 from robustfeat.cli import main
 from robustfeat.io import load_tensors
 from robustfeat.models import MODELS
-from test_reliability_faults import TRAIN, checkpoint_step, epoch_records
+from test_reliability_faults import TRAIN, checkpoint_step, epoch_records, run_python
 
 TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
 TIMEOUT = 240  # seconds; a hung collective would wait for the 300 s process-group timeout
 
 WORKER = """
@@ -80,21 +76,8 @@ def worker(tmp_path_factory) -> Path:
 
 def torchrun(worker: Path, args: list[str], fault: str | None = None) -> tuple[int, str]:
     """``torchrun --nproc_per_node 2 worker.py ARGS`` (one thread per rank): (exit code, stderr)."""
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
-    env["COLUMNS"] = "250"  # rich's log lines unwrapped
-    env.pop("ROBUSTFEAT_FAULT", None)
-    if fault:
-        env["ROBUSTFEAT_FAULT"] = fault
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    proc = subprocess.run(
-        [*command, "2", str(worker), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    return proc.returncode, proc.stderr.decode()
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return run_python([*command, str(worker), *args], fault, [TESTS], TIMEOUT)
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

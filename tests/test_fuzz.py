@@ -30,18 +30,9 @@ from robustfeat.data.transforms import (
     crop_at,
     flip_where,
 )
+from test_attacks import CHEAP  # the cheapest settings of each registered attack
 
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# the cheapest settings of each registered attack (unknown new attacks run with their defaults)
-CHEAP = {
-    "pgd": {"steps": 3},
-    "cw": {"steps": 3},
-    "apgd_ce": {"steps": 3},
-    "apgd_t": {"steps": 3, "targets": 2},
-    "fab_t": {"steps": 3, "targets": 2},
-    "square": {"queries": 30},
-    "autoattack": {"steps": 3, "targets": 2, "queries": 30},
-}
 CLASSES = 5  # APGD-T / FAB-T need >= 4
 
 

@@ -59,14 +59,18 @@ TRAIN = [
 TIMING_KEYS = {"img_per_s", "train_seconds"}
 
 
-def run_cli(args: list[str], fault: str | None = None, timeout: float = 300) -> tuple[int, str]:
-    """``python -m robustfeat ARGS`` in a fresh single-threaded process: (exit code, stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+def run_python(
+    args: list[str], fault: str | None = None, path: list[Path] = (), timeout: float = 300
+) -> tuple[int, str]:
+    """``python ARGS`` with our sources (and ``path``) importable, one thread, unwrapped log
+    lines and the fault ``ROBUSTFEAT_FAULT`` (or none): (exit code, stderr)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [SRC, *path]))}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="250")
     env.pop("ROBUSTFEAT_FAULT", None)
     if fault:
         env["ROBUSTFEAT_FAULT"] = fault
     proc = subprocess.run(
-        [sys.executable, "-m", "robustfeat", *args],
+        [sys.executable, *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -74,6 +78,11 @@ def run_cli(args: list[str], fault: str | None = None, timeout: float = 300) -> 
         check=False,
     )
     return proc.returncode, proc.stderr.decode()
+
+
+def run_cli(args: list[str], fault: str | None = None) -> tuple[int, str]:
+    """``python -m robustfeat ARGS`` in a fresh process (see ``run_python``)."""
+    return run_python(["-m", "robustfeat", *args], fault)
 
 
 def error_line(stderr: str) -> str:
