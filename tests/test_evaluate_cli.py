@@ -27,7 +27,9 @@ def make_run(tmp_path, **data_args):
 
 def test_eval_writes_results(tmp_path, capsys):
     run = make_run(tmp_path)
-    code = main(["eval", str(run), "--suite", "quick", "--n", "12", "--no-progress", "--device", "cpu"])
+    code = main(
+        ["eval", str(run), "--suite", "quick", "--n", "12", "--no-progress", "--device", "cpu"]
+    )
     assert code == 0
     results = json.loads((run / "results.json").read_text())
     assert results["schema"] == "robustfeat.results/1" and results["suite"] == "quick"
@@ -42,10 +44,24 @@ def test_eval_writes_results(tmp_path, capsys):
 def test_eval_out_file_and_spurious_shift(tmp_path):
     run = make_run(tmp_path / "run", spurious_p=0.9)
     out = tmp_path / "elsewhere.json"
-    code = main(["eval", str(run), "--suite", "clean", "--out", str(out), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "eval",
+            str(run),
+            "--suite",
+            "clean",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and not (run / "results.json").exists()
     shift = json.loads(out.read_text())["shift"]
-    assert shift["spurious_train_distribution"]["n"] == 40  # biased fresh images vs the unbiased test set
+    assert (
+        shift["spurious_train_distribution"]["n"] == 40
+    )  # biased fresh images vs the unbiased test set
 
 
 def test_eval_errors_are_one_line(tmp_path, capsys):
