@@ -40,6 +40,7 @@ from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
+from .runs import run_info
 
 CHECKPOINTS = "checkpoints"
 
@@ -129,6 +130,7 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 def validate_names(cfg: TrainConfig) -> None:
     """Fail fast on an unknown model, method, scheme or dataset name."""
     from .adversarial.schemes import SCHEMES
+    from .attacks.suites import get_suite
     from .data import check_dataset_spec
     from .methods import METHODS
     from .models import MODELS
@@ -139,6 +141,8 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
+    if cfg.eval_suite is not None:
+        get_suite(cfg.eval_suite)
 
 
 # ------------------------------------------------------------------ run directory
@@ -334,18 +338,6 @@ class Trainer:
     def total_steps(self, steps_per_epoch: int) -> int:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
         return max(1, budget // self.scheme.replays)
-
-    def run_info(self) -> dict[str, Any]:
-        return {
-            "method": self.cfg.method,
-            "at": self.cfg.at,
-            "model": self.cfg.model,
-            "data": self.cfg.data,
-            "seed": self.cfg.seed,
-            "epochs": self.cfg.epochs,
-            **provenance(),
-            "config": self.cfg.to_dict(),
-        }
 
     def _forward_module(self) -> nn.Module:
         if self.dist.world_size > 1:
@@ -558,7 +550,7 @@ class Trainer:
                 self.data.test,
                 suite=cfg.eval_suite or "clean",
                 n=cfg.eval_n,
-                run=self.run_info(),
+                run=run_info(cfg),
             )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
