@@ -79,8 +79,9 @@ def main() -> None:
     results = {}
     for name, fn in attacks.items():
         seconds = statistics.median(times[name])
+        x_adv = fn()
         with torch.no_grad():
-            acc = (model(fn()).argmax(1) == y).float().mean().item()
+            acc = (model(x_adv).argmax(1) == y).float().mean().item()
         results[name] = {
             "seconds_per_batch": seconds,
             "all_seconds": times[name],

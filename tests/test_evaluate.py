@@ -334,3 +334,19 @@ def test_paper_protocols():
     assert params("paper-topgap-large", "pgd40")["eps"] == 1 / 255
     assert params("paper-alfa", "pgd20")["step_size"] == 2 / 255
     assert math.isclose(params("standard", "pgd20")["step_size"], 2 / 255)
+
+
+def test_combined_suites_union_attacks_first_label_wins():
+    combo = get_suite("standard+paper-tenet+paper-hnc")
+    labels = [a.label for a in combo.attacks]
+    assert labels[: len(SUITES["standard"].attacks)] == [
+        a.label for a in SUITES["standard"].attacks
+    ]
+    assert {"pgd7_4", "fgsm_0.05", "fgsm_0.3"} <= set(labels) and len(labels) == len(set(labels))
+    pgd100 = next(a for a in combo.attacks if a.label == "pgd100")
+    assert pgd100 == next(a for a in SUITES["standard"].attacks if a.label == "pgd100")
+    assert combo.corruptions and combo.n == SUITES["standard"].n
+    with pytest.raises(UnknownNameError, match="joined with"):
+        get_suite("standard+paper-nope")
+    with pytest.raises(ConfigError, match="label modes"):
+        get_suite("standard+paper-topgap")

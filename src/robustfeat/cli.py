@@ -234,6 +234,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ list
 def _listers() -> dict[str, Callable[[], list[str]]]:
     from .adversarial import list_schemes
+    from .attacks import list_attacks
+    from .attacks.suites import list_suites
     from .config import field_names, list_recipes
     from .data import list_datasets
     from .methods import list_methods
@@ -244,6 +246,8 @@ def _listers() -> dict[str, Callable[[], list[str]]]:
         "methods": list_methods,
         "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH"],
         "schemes": list_schemes,
+        "attacks": list_attacks,
+        "suites": list_suites,
         "recipes": list_recipes,
         "config": field_names,
     }
@@ -312,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered names")
-    p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")
+    p.add_argument(
+        "what", help="models | methods | datasets | schemes | attacks | suites | recipes | config"
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(

@@ -49,6 +49,7 @@ from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
+from .runs import run_info
 
 CHECKPOINTS = "checkpoints"
 MIN_FREE_BYTES = 50 * 2**20
@@ -180,7 +181,7 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
-    if cfg.eval_suite:
+    if cfg.eval_suite is not None:
         get_suite(cfg.eval_suite)
 
 
@@ -503,18 +504,6 @@ class Trainer:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
         return max(1, budget // self.scheme.replays)
 
-    def run_info(self) -> dict[str, Any]:
-        return {
-            "method": self.cfg.method,
-            "at": self.cfg.at,
-            "model": self.cfg.model,
-            "data": self.cfg.data,
-            "seed": self.cfg.seed,
-            "epochs": self.cfg.epochs,
-            **provenance(),
-            "config": self.cfg.to_dict(),
-        }
-
     def _forward_module(self) -> nn.Module:
         if self.dist.world_size > 1:
             return nn.parallel.DistributedDataParallel(
@@ -751,7 +740,7 @@ class Trainer:
                 self.data.test,
                 suite=cfg.eval_suite or "clean",
                 n=cfg.eval_n,
-                run=self.run_info(),
+                run=run_info(cfg),
             )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start

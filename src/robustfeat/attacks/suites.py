@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 EPS = 8 / 255
 LARGE_EPS = 0.5
@@ -189,10 +189,53 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def _union(specs: list[AttackSpec]) -> tuple[AttackSpec, ...]:
+    """Attacks by label, the first suite's version of a label winning."""
+    seen: dict[str, AttackSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.label, spec)
+    return tuple(seen.values())
+
+
+def combine(suites: list[Suite]) -> Suite:
+    """One suite running every attack of several (``standard+paper-tenet``).
+
+    The first suite fixes the main threat model (worst case), the subset sizes and the label
+    mode; later suites add the attacks whose labels are new, eps-sweep points, top-k, per-class
+    and corruptions.
+    """
+    first = suites[0]
+    modes = {s.labels for s in suites}
+    if len(modes) > 1:
+        raise ConfigError(f"suites {[s.name for s in suites]} mix label modes {sorted(modes)}")
+    return Suite(
+        name="+".join(s.name for s in suites),
+        description=" + ".join(s.description for s in suites),
+        attacks=_union([a for s in suites for a in s.attacks]),
+        adaptive=_union([a for s in suites for a in s.adaptive]),
+        sweep=tuple(sorted({e for s in suites for e in s.sweep})),
+        sweep_steps=first.sweep_steps,
+        gradient_check=any(s.gradient_check for s in suites),
+        topk=tuple(sorted({k for s in suites for k in s.topk})),
+        per_class=any(s.per_class for s in suites),
+        corruptions=any(s.corruptions for s in suites),
+        labels=first.labels,
+        n=first.n,
+        n_aa=first.n_aa,
+        n_sweep=first.n_sweep,
+    )
+
+
 def get_suite(name: str) -> Suite:
-    if name not in SUITES:
-        raise UnknownNameError(f"unknown evaluation suite {name!r}; valid: {', '.join(SUITES)}")
-    return SUITES[name]
+    """A suite by name, or several joined with ``+`` (see ``combine``)."""
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in SUITES]
+    if unknown:
+        raise UnknownNameError(
+            f"unknown evaluation suite {unknown[0]!r}; valid: {', '.join(SUITES)} "
+            "(or several joined with +, e.g. standard+paper-tenet)"
+        )
+    return SUITES[name] if len(parts) == 1 else combine([SUITES[p] for p in parts])
 
 
 def list_suites() -> list[str]:
