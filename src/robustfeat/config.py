@@ -217,7 +217,9 @@ def check_options(
     )
     unknown = sorted(set(options) - set(params))
     if unknown and not takes_any:
-        raise ConfigError(f"bad options for {what}: unknown {unknown}; valid: {list(params)}")
+        raise ConfigError(
+            f"bad options for {what}: unknown option(s) {unknown}; valid: {list(params)}"
+        )
     check_option_types(fn, options, what)
 
 
