@@ -1,0 +1,3 @@
+"""Reusable layers (no training logic)."""
+
+from .channel_select import ActivationSuppress, ChannelSelect
