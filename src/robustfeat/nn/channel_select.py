@@ -16,7 +16,7 @@ the probe starts with global average pooling (linear: GAP -> Linear; MLP: GAP ->
 features with ``create_graph=True``, so the probe also learns through the mask while the
 backbone gets gradient only through z and through the probe's own prediction; the softmax mask
 is used as is (it sums to 1 over channels; an earlier version multiplied it by 2, exposed here
-as ``mask_scale``). The GAP, probe and mask run in float32 (tiny tensors; the softmax over
+as ``mask_scale``). The probe and the mask run in float32 (tiny tensors; the softmax over
 relevances and the top-k choice are precision-sensitive under bf16 autocast).
 """
 
@@ -99,7 +99,10 @@ def importance_mask(
 
 
 def _pooled(z: torch.Tensor) -> torch.Tensor:
-    return z.mean(dim=(2, 3), dtype=torch.float32)
+    # averaged in z's dtype, then float32: under bf16 autocast this is about twice as fast as a
+    # float32 reduction of the whole map (fwd + bwd), and the pooled value is what a bf16 probe
+    # would have seen anyway
+    return z.mean(dim=(2, 3)).float()
 
 
 def _apply(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
