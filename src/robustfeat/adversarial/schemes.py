@@ -217,11 +217,12 @@ class PGDAT(_Crafted):
         self.random_start = bool(random_start)
         self.mode = _mode(mode)
 
-    def craft(
-        self, method: Method, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, LossDict]:
+    def ascend(
+        self, method: Method, x: torch.Tensor, y: torch.Tensor, **early_stop: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """PGD-K from the start; ``early_stop``: FAT's options of ``linf_ascent``."""
         start = random_init(x, self.eps, "linf") if self.random_start else torch.zeros_like(x)
-        x_adv, _ = linf_ascent(
+        return linf_ascent(
             method.adversarial_objective,
             x,
             y,
@@ -229,8 +230,13 @@ class PGDAT(_Crafted):
             eps=self.eps,
             steps=self.steps_k,
             step_size=self.step_size,
+            **early_stop,
         )
-        return x_adv, {}
+
+    def craft(
+        self, method: Method, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, LossDict]:
+        return self.ascend(method, x, y)[0], {}
 
 
 @register_scheme
@@ -331,7 +337,7 @@ class TRADES(Scheme):
 
 
 @register_scheme
-class FAT(_Crafted):
+class FAT(PGDAT):
     """Friendly adversarial training (Zhang et al. 2020): train on early-stopped PGD-K examples,
     each sample stopping ``tau`` steps after it is first misclassified (see ``linf_ascent``).
     Official-code settings: eval mode, uniform random start, K=10, step 2/255 (0.007), eps 8/255,
@@ -353,32 +359,19 @@ class FAT(_Crafted):
         random_start: bool = True,
         mode: str = "eval",
     ) -> None:
+        super().__init__(eps, steps, step_size, random_start, mode)
         self.tau = _int_at_least(tau, 0, "tau")
-        self.eps, self.step_size = _budget(eps, step_size, 0.25)
-        self.steps_k = _int_at_least(steps, 1, "steps")
         check(
             isinstance(omega, (int, float)) and 0 <= omega < float("inf"),
             f"omega must be finite and >= 0, got {omega!r}",
         )
         self.omega = float(omega)
-        self.random_start = bool(random_start)
-        self.mode = _mode(mode)
 
     def craft(
         self, method: Method, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, LossDict]:
-        start = random_init(x, self.eps, "linf") if self.random_start else torch.zeros_like(x)
-        x_adv, taken = linf_ascent(
-            method.adversarial_objective,
-            x,
-            y,
-            start,
-            eps=self.eps,
-            steps=self.steps_k,
-            step_size=self.step_size,
-            predict=method.eval_model(),
-            tau=self.tau,
-            omega=self.omega,
+        x_adv, taken = self.ascend(
+            method, x, y, predict=method.eval_model(), tau=self.tau, omega=self.omega
         )
         return x_adv, {"fat_steps": taken.mean()}
 
