@@ -132,6 +132,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ eval
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    from .attacks.suites import list_suites
+
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory (config.yaml + weights.safetensors)"
+    )
+    p.add_argument(
+        "--suite", default="standard", help=f"evaluation suite: {', '.join(list_suites())}"
+    )
+    p.add_argument("--n", type=int, help="size of the attacked subset (default: the suite's)")
+    p.add_argument(
+        "--n-aa",
+        type=int,
+        dest="n_aa",
+        help="AutoAttack / slow-attack subset (default: the suite's)",
+    )
+    p.add_argument("--out", help="results file (default RUN_DIR/results.json)")
+    p.add_argument("--data", help="test data spec (default: the run's config)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=250, dest="batch_size")
+    p.add_argument(
+        "--seed", type=int, default=0, help="subset permutation and attack random starts"
+    )
+    p.add_argument(
+        "--corruptions-dir",
+        dest="corruptions_dir",
+        help="released CIFAR-10-C / CIFAR-100-C .npy files (default: generate them)",
+    )
+    p.add_argument(
+        "--n-corruptions",
+        type=int,
+        default=1000,
+        dest="n_corruptions",
+        help="test images corrupted when generating (default 1000)",
+    )
+    p.add_argument(
+        "--shift",
+        action="append",
+        metavar="NAME=SPEC",
+        help="extra test set for distribution shift (a dataset spec; repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def spurious_train_distribution(spec: str, data_args: dict[str, Any], n: int) -> Any:
+    """Fresh images of the biased training distribution of ``shapes`` (background colour tied to
+    the class with probability spurious_p), to compare with its unbiased test set: the train
+    split generated from the next seed, so none of them was trained on."""
+    from .data import load_dataset
+
+    options = {**data_args, "n_train": n, "render_seed": data_args.get("render_seed", 0) + 1}
+    return load_dataset(spec, "train", **options)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .evaluate import evaluate, print_summary
+    from .runs import load_run, read_run_config, run_info
+    from .train import resolve_device
+
+    cfg = read_run_config(args.run_dir)
+    spec = args.data or cfg.data
+    test = load_dataset(spec, "test", **cfg.data_args)
+    shift = {}
+    for item in args.shift or []:
+        name, sep, shift_spec = item.partition("=")
+        if not sep or not name or not shift_spec:
+            raise RobustfeatError(f"--shift must look like NAME=SPEC, got {item!r}")
+        shift[name] = load_dataset(shift_spec, "test")
+    if spec == "shapes" and cfg.data_args.get("spurious_p", 0) > 0:
+        shift["spurious_train_distribution"] = spurious_train_distribution(
+            spec, cfg.data_args, len(test)
+        )
+    method = load_run(
+        args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
+    )
+    out = Path(args.out) if args.out else Path(args.run_dir) / "results.json"
+    results = evaluate(
+        method,
+        test,
+        args.suite,
+        n=args.n,
+        n_aa=args.n_aa,
+        run=run_info(cfg, args.run_dir),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        corruptions_dir=args.corruptions_dir,
+        n_corruptions=args.n_corruptions,
+        shift=shift or None,
+        progress=not args.no_progress,
+        out=out,
+    )
+    print_summary(results)
+    print(f"results: {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ list
 def _listers() -> dict[str, Callable[[], list[str]]]:
     from .adversarial import list_schemes
@@ -166,6 +264,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    only = [pat for item in args.only or [] for pat in item.split(",") if pat]
+    run_bench(
+        args.recipe,
+        only=only or None,
+        seeds=args.seeds,
+        dry_run=args.dry_run,
+        runs_dir=Path(args.runs_dir),
+        results_dir=Path(args.results_dir),
+    )
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
@@ -174,6 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method on a backbone and dataset")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run with an evaluation suite")
+    add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "bench", help="run a recipe's benchmark matrix (methods x AT schemes x seeds)"
+    )
+    p.add_argument(
+        "--recipe", required=True, help="recipe with a `bench:` section, e.g. cpu or demo"
+    )
+    p.add_argument(
+        "--only", action="append", metavar="CELLS", help="cell names or globs, comma-separated"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="override every cell's seeds")
+    p.add_argument("--dry-run", action="store_true", help="show what would run")
+    p.add_argument(
+        "--runs-dir", default="runs/bench", help="where run directories (with weights) go"
+    )
+    p.add_argument("--results-dir", default="benchmarks/results", help="where committed results go")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")

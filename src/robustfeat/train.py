@@ -550,13 +550,16 @@ class Trainer:
             run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
         )
         start = time.perf_counter()
-        results = evaluate(
-            self.method,
-            self.data.test,
-            suite=cfg.eval_suite or "clean",
-            n=cfg.eval_n,
-            run=self.run_info(),
-        )
+        # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
+        # and the many eval shapes/modes do not trigger a recompilation of every node.
+        with torch.compiler.set_stance("force_eager"):
+            results = evaluate(
+                self.method,
+                self.data.test,
+                suite=cfg.eval_suite or "clean",
+                n=cfg.eval_n,
+                run=self.run_info(),
+            )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         io.write_json(run.results, results)
