@@ -231,6 +231,10 @@ def test_default_positions_are_the_last_two_blocks_with_mlp_then_linear_probes()
     assert isinstance(method.model.stages["stage3"][1], ProbedNode)
     preact = create_model("preact_resnet18", num_classes=10, width=4)
     assert resolve_positions(preact, "P1-P2") == ["stage4.0", "stage4.1"]  # not the BN-ReLU
+    official_wrn_like = create_method("cifs", preact, positions=["stage4.2", "stage4.0"])
+    assert official_wrn_like.positions == ["stage4.0", "stage4.2"]
+    kinds = [type(node.layer.probe) for node in official_wrn_like.probed]
+    assert kinds == [nn.Sequential, nn.Linear]  # linear at the last layer, MLP before
     model = create_model("resnet20", num_classes=10, width=4)
     assert resolve_positions(model, "P1") == ["stage3.2"]
     assert resolve_positions(model, "P2") == ["stage3.1"]

@@ -6,11 +6,12 @@ probes are trained jointly with the adaptive loss of Eq. (3), usually inside adv
 (``--at pgd_at``), where examples are crafted against the same joint loss.
 
 Positions (Sec. 4.1, App. E.3): "P1" is the last residual block, "P2" the one before; the default
-"P1-P2" uses both, with a linear probe at P1 and an MLP probe elsewhere (App. E.4). On ResNet-20
-that is stage3.2 (linear) and stage3.1 (MLP). A block is a node containing a convolution, so the
-closing BN-ReLU node of pre-activation nets (e.g. preact_resnet18's stage4.2) is skipped; the
-official WRN code instead puts its linear probe after that BN-ReLU: pass
-``positions=[stage4.0, stage4.2]``-style node names to get that placement.
+"P1-P2" uses both, with a linear probe at the last CIFS layer and MLP probes before it (App. E.4).
+On ResNet-20 that is stage3.1 (MLP) and stage3.2 (linear). A block is a node containing a
+convolution, so the closing BN-ReLU node of pre-activation nets (e.g. preact_resnet18's stage4.2)
+is skipped; the official WRN code instead puts its linear probe after that BN-ReLU and its MLP
+probe (hidden 240) on the last block's pre-activated input: node names such as
+``positions=[stage3.2, stage3.4]`` (WRN-28-10) come close to that placement.
 
 Facts from the official code (HanshuYAN/CIFS) beyond the paper: the training loss is
 ``(CE + beta / |I| * sum_l CE_l) * 3 / (1 + beta)``, i.e. ``loss_scale * l_beta`` with
@@ -275,7 +276,8 @@ class ProbedChannelMethod(Method):
 @register_method
 class CIFS(ProbedChannelMethod):
     """CIFS (Yan et al. 2021). Options: ``positions`` ("P1-P2", "P1", "P2" or node names),
-    ``probe`` ("auto": linear at P1, MLP elsewhere; "linear"; "mlp"), ``probe_hidden`` (128),
+    ``probe`` ("auto": linear at the last layer, MLP before; "linear"; "mlp"), ``probe_hidden``
+    (128; the official WRN code uses 240),
     ``imgf`` ("softmax", "sigmoid", "softplus"), ``alpha`` (sigmoid 10 / softplus 5 when None),
     ``temperature`` (softmax T=1), ``top_k`` (2), ``mask_scale`` (1), ``beta`` (2, App. E.1),
     ``loss_scale`` (3, official code), ``attack_betas``, ``attack_cw``, ``attack_exact``."""
@@ -303,10 +305,9 @@ class CIFS(ProbedChannelMethod):
         check(probe in ("auto", *PROBES), f"probe must be auto, linear or mlp, got {probe!r}")
         check(imgf in IMGFS, f"imgf must be one of {IMGFS}, got {imgf!r}")
         nodes = resolve_positions(model, positions)
-        last_block = conv_nodes(model)[-1]
 
         def layer(node: str) -> ChannelSelect:
-            kind = probe if probe != "auto" else ("linear" if node == last_block else "mlp")
+            kind = probe if probe != "auto" else ("linear" if node == nodes[-1] else "mlp")
             return ChannelSelect(
                 model.feature_info[node].channels,
                 model.num_classes,
