@@ -283,6 +283,8 @@ class TRADES(Scheme):
     there to 0.007, eps 8/255, beta 6). In the loss, f(x) is the method's clean training logits
     and f(x_adv) ``eval_model()`` on x_adv in the method's training mode (not detached, as in the
     official code). Logs ``loss_natural`` and ``loss_trades_kl``; ``logits`` are the clean ones.
+    Under DDP the f(x_adv) forward bypasses the DDP wrapper (a second forward per step), so
+    TRADES is single-process only for now.
     """
 
     name = "trades"
