@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import StagedModel
@@ -46,6 +47,16 @@ class Method(nn.Module, abc.ABC):
     def eval_model(self) -> nn.Module:
         """The ``x -> logits`` module every attack and metric uses (in its eval mode)."""
         return self.model
+
+    def adversarial_objective(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss an adversarial-training scheme maximises to craft training examples.
+
+        Default: cross-entropy on ``eval_model()`` logits. Methods with auxiliary heads override
+        it with their training objective (CIFS: the joint beta loss over final and probe logits,
+        as in its official code). It runs the forward in whatever mode the module is in: the
+        scheme sets (and restores) the model / BN mode around crafting.
+        """
+        return F.cross_entropy(self.eval_model()(x_adv).float(), y, reduction="none")
 
     def attack_losses(self) -> dict[str, AttackLoss]:
         """Adaptive attack objectives beyond CE/CW on the final logits (e.g. CIFS's beta_atk sweep),

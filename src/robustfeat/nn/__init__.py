@@ -1,4 +1,5 @@
 """Reusable layers (no training logic)."""
 
+from .channel_select import ActivationSuppress, ChannelSelect
 from .dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
 from .feature_slot import FeatureSlot

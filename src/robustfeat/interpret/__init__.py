@@ -1,0 +1,1 @@
+"""Interpretation tools (activation analyses, CAMs, metrics); import from the submodules."""
