@@ -33,8 +33,9 @@ from . import io
 from .adversarial.schemes import Scheme, create_scheme
 from .config import TrainConfig
 from .data import DataSplits, prepare_data
+from .data.augment import create_augment
 from .data.loader import BatchLoader
-from .data.transforms import default_train_augment
+from .data.transforms import Augment, default_train_augment
 from .errors import ConfigError, RobustfeatError
 from .evaluate import evaluate
 from .methods import Method, create_method
@@ -127,7 +128,7 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 
 
 def validate_names(cfg: TrainConfig) -> None:
-    """Fail fast on an unknown model, method, scheme or dataset name."""
+    """Fail fast on an unknown model, method, scheme, dataset or augmentation name."""
     from .adversarial.schemes import SCHEMES
     from .data import check_dataset_spec
     from .methods import METHODS
@@ -139,6 +140,8 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
+    if cfg.augment:
+        create_augment(cfg.augment, **cfg.augment_args)  # name and options
 
 
 # ------------------------------------------------------------------ run directory
@@ -322,14 +325,20 @@ class Trainer:
             self.cfg.batch_size,
             shuffle=True,
             drop_last=True,
-            augment=default_train_augment(
-                self.cfg.crop_padding, self.cfg.padding_mode, self.cfg.flip
-            ),
+            augment=self.train_augment(),
             seed=self.cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
         )
+
+    def train_augment(self) -> Augment:
+        """Crop/flip, then the config's image-level augmentation (filled with the data mean)."""
+        cfg = self.cfg
+        steps = default_train_augment(cfg.crop_padding, cfg.padding_mode, cfg.flip).steps
+        if cfg.augment:
+            steps.append(create_augment(cfg.augment, mean=self.data.mean, **cfg.augment_args))
+        return Augment(*steps)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
