@@ -164,6 +164,10 @@ def test_augmix_mixing_formula_and_reproducibility(monkeypatch: pytest.MonkeyPat
     assert not torch.equal(out, augmix(x, gen(4)))
     same = augmix(x[:1].expand(8, -1, -1, -1), gen(5))
     assert len({tuple(img.flatten()[:50].tolist()) for img in same}) == 8  # per-image draws
+    assert torch.equal(AugMix(p=0.0)(x, gen(3)), x)
+    half = AugMix(p=0.5)(x.repeat(8, 1, 1, 1), gen(6))
+    changed = (half != x.repeat(8, 1, 1, 1)).flatten(1).any(dim=1).float().mean()
+    assert 0.25 < changed < 0.75
     # identity operations: the convex mix of copies of x is x
     monkeypatch.setattr(AugMix, "apply_ops", lambda self, images, *args: images)
     torch.testing.assert_close(augmix(x, gen(3)), x)

@@ -219,10 +219,11 @@ def test_loss_is_the_sum_of_its_parts_and_the_mask_has_no_gradient() -> None:
     assert out["loss_inhibit"] > 0 and out["loss_orth"] > 0
     feats = method.model.forward_features(x, nodes=["stage2"])["stage2"]
     grad = method.saliency_gradient(feats, y)
-    assign, groups = method.grouping(feats.detach().flatten(2))
-    masks = method.inhibition_masks(feats, grad, assign, groups)
+    maps = feats.detach().flatten(2)
+    assign, groups = method.grouping(maps)
+    masks = method.inhibition_masks(maps, grad, assign, groups)
     assert feats.requires_grad and not masks.requires_grad
-    assert masks.shape == feats.shape and masks.min() >= 0 and masks.max() <= 1
+    assert masks.shape == maps.shape and masks.min() >= 0 and masks.max() <= 1
     out["loss"].backward()
     assert all(p.grad is not None for p in method.parameters())
 
@@ -269,10 +270,11 @@ def test_variants_give_their_mask_shapes() -> None:
         method = tiny(**opts).train()
         feats = method.model.forward_features(x, nodes=["stage2"])["stage2"]
         grad = method.saliency_gradient(feats, y)
-        assign, groups = method.grouping(feats.detach().flatten(2))
-        masks = method.inhibition_masks(feats, grad, assign, groups)
+        maps = feats.detach().flatten(2)
+        assign, groups = method.grouping(maps)
+        masks = method.inhibition_masks(maps, grad, assign, groups)
         assert masks.min() >= 0 and masks.max() <= 1
-        assert check(masks.flatten(2), assign), opts
+        assert check(masks, assign), opts
 
 
 def test_channel_wise_inhibition_masks_each_channel_by_itself() -> None:
@@ -280,8 +282,9 @@ def test_channel_wise_inhibition_masks_each_channel_by_itself() -> None:
     x, y = batch(4)
     feats = method.model.forward_features(x, nodes=["stage2"])["stage2"]
     grad = method.saliency_gradient(feats, y)
-    assign, groups = method.grouping(feats.detach().flatten(2))
-    masks = method.inhibition_masks(feats, grad, assign, groups).flatten(2)
+    maps = feats.detach().flatten(2)
+    assign, groups = method.grouping(maps)
+    masks = method.inhibition_masks(maps, grad, assign, groups)
     w = channel_weights(grad)
     m = (w[:, :, None] * feats.detach().flatten(2)).double()
     z = (m - m.mean(2, keepdim=True)) / (m.std(2, unbiased=False, keepdim=True) + 1e-8)

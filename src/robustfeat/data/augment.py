@@ -234,7 +234,10 @@ class AugMix:
 
     ``severity`` 3, ``width`` 3 chains, ``depth`` -1 (1-3 ops per chain), ``alpha`` 1 as in the
     paper; ``all_ops=False`` leaves out brightness/colour/contrast/sharpness, which overlap with
-    the CIFAR-10-C corruptions (the paper's choice). Returns (1 - m)·x + m·Σ_i w_i·chain_i(x).
+    the CIFAR-10-C corruptions (the paper's choice). Returns (1 - m)·x + m·Σ_i w_i·chain_i(x)
+    for a fraction ``p`` of the images (the rest unchanged): p=1 is the AugMix paper; the official
+    TENET (Aug.) code trains on the AugMix copy and the clean copy of every image (p=0.5 in
+    expectation).
     """
 
     def __init__(
@@ -244,9 +247,11 @@ class AugMix:
         depth: int = -1,
         alpha: float = 1.0,
         all_ops: bool = False,
+        p: float = 1.0,
         mean: Sequence[float] = (0.0,) * 3,  # AugMix has no fill colour
     ) -> None:
         check(isinstance(width, int) and width >= 1, f"augmix width must be >= 1, got {width!r}")
+        check(0.0 <= p <= 1.0, f"augmix p must be in [0, 1], got {p}")
         check(
             isinstance(depth, int) and (depth == -1 or 1 <= depth <= 10),
             f"augmix depth must be -1 (random 1-3) or 1..10, got {depth!r}",
@@ -257,7 +262,7 @@ class AugMix:
         except ValueError as err:
             raise ConfigError(f"bad AugMix option: {err}") from err
         self.severity, self.width, self.depth, self.alpha = severity, width, depth, alpha
-        self.all_ops = all_ops
+        self.all_ops, self.p = all_ops, p
         ref = self.reference
         self.space = ref._AUGMENTATION_SPACE if all_ops else ref._PARTIAL_AUGMENTATION_SPACE
         self.ops = list(self.space)
@@ -322,6 +327,17 @@ class AugMix:
         return out
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.p < 1.0:
+            chosen = (torch.rand(x.shape[0], generator=generator) < self.p).nonzero().squeeze(1)
+            rows = chosen.to(x.device)
+            out = x.clone()
+            if len(rows):
+                out[rows] = self.augment_and_mix(x[rows], generator)
+            return out
+        return self.augment_and_mix(x, generator)
+
+    def augment_and_mix(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """AugMix of every image of x."""
         batch = x.shape[0]
         images = (x * 255).round().clamp(0, 255).to(torch.uint8)
         sample = torch._sample_dirichlet  # torchvision's Beta/Dirichlet sampler, with a generator
@@ -352,7 +368,7 @@ class AugMix:
     def __repr__(self) -> str:
         return (
             f"AugMix(severity={self.severity}, width={self.width}, depth={self.depth}, "
-            f"alpha={self.alpha}, all_ops={self.all_ops})"
+            f"alpha={self.alpha}, all_ops={self.all_ops}, p={self.p})"
         )
 
 
