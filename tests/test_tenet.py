@@ -217,6 +217,7 @@ def test_loss_is_the_sum_of_its_parts_and_the_mask_has_no_gradient() -> None:
     expected = out["loss_ce"] + 0.1 * out["loss_inhibit"] + 0.1 * out["loss_orth"]
     torch.testing.assert_close(out["loss"], expected)
     assert out["loss_inhibit"] > 0 and out["loss_orth"] > 0
+    assert 0 < out["tenet_mask_std"] < 0.5
     feats = method.model.forward_features(x, nodes=["stage2"])["stage2"]
     grad = method.saliency_gradient(feats, y)
     maps = feats.detach().flatten(2)

@@ -154,26 +154,36 @@ def channel_grouping(
     """
     with torch.no_grad():
         x = maps.detach()
-        x = x if x.dtype == torch.float64 else x.float()
-        sq = x.square().sum(dim=2)
+        x = (x if x.dtype == torch.float64 else x.float()).contiguous()  # e.g. from channels_last
+        sq = torch.linalg.vector_norm(x, dim=2).square()
         centres = init.clone()
-        assign = nearest_centre(x, sq, centres)  # always w.r.t. the current centres
-        todo = torch.arange(x.shape[0], device=x.device)  # samples still iterating
+        assign = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
+        # the samples computed on ("work", a compacted copy of their maps) and, among them, those
+        # still iterating; work shrinks to the iterating ones when they are at most half of it
+        work = torch.arange(x.shape[0], device=x.device)
+        xw, sqw = x, sq
+        iterating = torch.ones_like(work, dtype=torch.bool)
+        stale = torch.zeros_like(work, dtype=torch.bool)  # assignment is to pre-update centres
         for _ in range(max_iter):
-            everyone = todo.numel() == x.shape[0]
-            xs, sqs = (x, sq) if everyone else (x.index_select(0, todo), sq[todo])
-            current = centres[todo]
-            new = snap_centres(xs, sqs, current, assign[todo])
-            moved = _gather_channels(xs, new) - _gather_channels(xs, current)
+            if int(iterating.sum()) <= work.numel() // 2:
+                keep = iterating.nonzero().squeeze(1)
+                work, xw, sqw = work[keep], xw.index_select(0, keep), sqw[keep]
+                iterating = iterating[keep]
+            current = centres[work]
+            groups_of = nearest_centre(xw, sqw, current)
+            new = snap_centres(xw, sqw, current, groups_of)
+            moved = _gather_channels(xw, new) - _gather_channels(xw, current)
             shift = moved.square().sum(dim=2).sqrt().sum(dim=1)
-            centres[todo] = new
-            changed = todo[(new != current).any(dim=1)]
-            if changed.numel():
-                xc = x.index_select(0, changed)
-                assign[changed] = nearest_centre(xc, sq[changed], centres[changed])
-            todo = todo[shift.square() >= tol]
-            if todo.numel() == 0:
+            rows = work[iterating]
+            assign[rows] = groups_of[iterating]
+            centres[rows] = new[iterating]
+            stale[rows] = (new != current).any(dim=1)[iterating]
+            iterating = iterating & (shift.square() >= tol)
+            if not bool(iterating.any()):
                 break
+        redo = stale.nonzero().squeeze(1)
+        if redo.numel():  # stopped by max_iter, or by a shift below tol that moved a centre
+            assign[redo] = nearest_centre(x.index_select(0, redo), sq[redo], centres[redo])
         return assign, centres
 
 
@@ -258,6 +268,10 @@ class Tenet(Method):
     ``mask`` (smooth RRF | binary), ``standardize``, ``negative_mask``, ``score`` (sigmoid |
     logit), ``features`` (train | eval), schedule ``start_step``, ``every``, ``correct_only``,
     CFG ``max_iter``, ``tol``.
+
+    Logged per step: loss_ce, loss_inhibit (α's term), loss_orth (μ's term), tenet_active (1 on
+    TENET steps), tenet_used (fraction of the batch inhibited), tenet_mask_std (mean spread of
+    the masks; near 0 means they barely inhibit). Steps where TENET is off log 0 for these.
     """
 
     name = "tenet"
@@ -384,6 +398,7 @@ class Tenet(Method):
             "loss_orth": zero,
             "tenet_active": zero,
             "tenet_used": zero,
+            "tenet_mask_std": zero,
         }
         if not self.active():
             return out
@@ -399,7 +414,7 @@ class Tenet(Method):
                 xs = x if used is None else x[used]
                 source = self.model.forward_features(xs, nodes=[self.stage])[self.stage]
         grad = self.saliency_gradient(source, target)
-        maps = source.detach().float().flatten(2)  # (B, C, h·w)
+        maps = source.detach().float().flatten(2).contiguous()  # (B, C, h·w)
         assign, groups = self.grouping(maps)
         masks = self.inhibition_masks(maps, grad, assign, groups).view_as(a)
         inhibited = self.model.run_from(self.stage, a * masks.to(a.dtype))
@@ -413,5 +428,7 @@ class Tenet(Method):
             loss=loss,
             loss_inhibit=loss_inhibit,
             tenet_used=zero + a.shape[0] / x.shape[0],
+            # spread of the masks over channels and space (0: no inhibition, or a flat mask)
+            tenet_mask_std=masks.flatten(1).std(dim=1).mean(),
         )
         return out
