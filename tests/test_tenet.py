@@ -193,6 +193,13 @@ def test_default_stage_is_the_second_to_last_stage() -> None:
     assert create_method("tenet", model).stage == "stage3"
 
 
+def test_only_the_feature_extractor_is_compiled() -> None:
+    method = tiny()
+    nodes = dict(method.model._nodes)
+    expected = [nodes[name] for name in ("stem", "stage1.0", "stage2.0")]
+    assert method.compile_targets() == expected
+
+
 def test_options_are_validated() -> None:
     model = create_model("test_cnn", num_classes=5)
     for bad in (
