@@ -41,6 +41,7 @@ from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
+from .runs import run_info
 
 CHECKPOINTS = "checkpoints"
 
@@ -130,6 +131,7 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 def validate_names(cfg: TrainConfig) -> None:
     """Fail fast on an unknown model, method, scheme, dataset or augmentation name."""
     from .adversarial.schemes import SCHEMES
+    from .attacks.suites import get_suite
     from .data import check_dataset_spec
     from .methods import METHODS
     from .models import MODELS
@@ -142,6 +144,8 @@ def validate_names(cfg: TrainConfig) -> None:
     check_dataset_spec(cfg.data)
     if cfg.augment:
         create_augment(cfg.augment, **cfg.augment_args)  # name and options
+    if cfg.eval_suite is not None:
+        get_suite(cfg.eval_suite)
 
 
 # ------------------------------------------------------------------ run directory
@@ -343,18 +347,6 @@ class Trainer:
     def total_steps(self, steps_per_epoch: int) -> int:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
         return max(1, budget // self.scheme.replays)
-
-    def run_info(self) -> dict[str, Any]:
-        return {
-            "method": self.cfg.method,
-            "at": self.cfg.at,
-            "model": self.cfg.model,
-            "data": self.cfg.data,
-            "seed": self.cfg.seed,
-            "epochs": self.cfg.epochs,
-            **provenance(),
-            "config": self.cfg.to_dict(),
-        }
 
     def _forward_module(self) -> nn.Module:
         if self.dist.world_size > 1:
@@ -559,13 +551,16 @@ class Trainer:
             run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
         )
         start = time.perf_counter()
-        results = evaluate(
-            self.method,
-            self.data.test,
-            suite=cfg.eval_suite or "clean",
-            n=cfg.eval_n,
-            run=self.run_info(),
-        )
+        # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
+        # and the many eval shapes/modes do not trigger a recompilation of every node.
+        with torch.compiler.set_stance("force_eager"):
+            results = evaluate(
+                self.method,
+                self.data.test,
+                suite=cfg.eval_suite or "clean",
+                n=cfg.eval_n,
+                run=run_info(cfg),
+            )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         io.write_json(run.results, results)
