@@ -44,7 +44,8 @@ optimizer step for α L_c(ŷ) + μ L_o after the plain CE step; we take the join
 one step (the Method contract: one loss per step), reusing the training forward's A for the
 inhibited pass. By default the grouping and the saliency also use that A, with D in eval mode
 for the gradient (``features="train"``); ``features="eval"`` recomputes A with F in eval mode
-as the official code does (one extra forward of F on the used samples).
+as the official code does (one extra forward of F on the used samples). As in the official code,
+D's BN statistics are updated by both training-mode passes (plain and inhibited).
 
 The per-sample grouping of the official code is a Python loop over samples and groups; ours is
 batched over samples on the device (``channel_grouping``; the per-sample reference loop is in
