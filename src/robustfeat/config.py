@@ -50,6 +50,9 @@ class TrainConfig:
     crop_padding: int = 4
     padding_mode: str = "reflect"
     flip: bool = True
+    # image-level augmentation after crop/flip (cutout, random_erasing, augmix: data/augment.py)
+    augment: str | None = None
+    augment_args: dict[str, Any] = field(default_factory=dict)
     # budget and optimisation
     epochs: int = 10
     steps: int | None = None  # a step budget overrides epochs

@@ -42,8 +42,9 @@ from . import io
 from .adversarial.schemes import Scheme, create_scheme
 from .config import TrainConfig, read_yaml
 from .data import DataSplits, prepare_data
+from .data.augment import create_augment
 from .data.loader import BatchLoader
-from .data.transforms import default_train_augment
+from .data.transforms import Augment, default_train_augment
 from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
 from .evaluate import evaluate
 from .methods import Method, create_method
@@ -167,8 +168,8 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 
 
 def validate_names(cfg: TrainConfig) -> None:
-    """Fail fast on an unknown model, method, scheme, dataset or evaluation-suite name (the
-    suite runs after training: a typo there must not cost the whole training run)."""
+    """Fail fast on an unknown model, method, scheme, dataset, augmentation or evaluation-suite
+    name (the suite runs after training: a typo there must not cost the whole training run)."""
     from .adversarial.schemes import SCHEMES
     from .attacks.suites import get_suite
     from .data import check_dataset_spec
@@ -181,6 +182,8 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
+    if cfg.augment:
+        create_augment(cfg.augment, **cfg.augment_args)  # name and options
     if cfg.eval_suite is not None:
         get_suite(cfg.eval_suite)
 
@@ -491,14 +494,20 @@ class Trainer:
             self.cfg.batch_size,
             shuffle=True,
             drop_last=True,
-            augment=default_train_augment(
-                self.cfg.crop_padding, self.cfg.padding_mode, self.cfg.flip
-            ),
+            augment=self.train_augment(),
             seed=self.cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
         )
+
+    def train_augment(self) -> Augment:
+        """Crop/flip, then the config's image-level augmentation (filled with the data mean)."""
+        cfg = self.cfg
+        steps = default_train_augment(cfg.crop_padding, cfg.padding_mode, cfg.flip).steps
+        if cfg.augment:
+            steps.append(create_augment(cfg.augment, mean=self.data.mean, **cfg.augment_args))
+        return Augment(*steps)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
