@@ -39,6 +39,7 @@ from .errors import ConfigError, RobustfeatError
 from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
+from .multilabel import evaluate_multilabel
 from .provenance import provenance
 
 CHECKPOINTS = "checkpoints"
@@ -550,13 +551,16 @@ class Trainer:
             run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
         )
         start = time.perf_counter()
-        results = evaluate(
-            self.method,
-            self.data.test,
-            suite=cfg.eval_suite or "clean",
-            n=cfg.eval_n,
-            run=self.run_info(),
-        )
+        if self.data.test.multilabel:  # the attack suite assumes single labels
+            results = evaluate_multilabel(self.method, self.data.test, run=self.run_info())
+        else:
+            results = evaluate(
+                self.method,
+                self.data.test,
+                suite=cfg.eval_suite or "clean",
+                n=cfg.eval_n,
+                run=self.run_info(),
+            )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         io.write_json(run.results, results)
