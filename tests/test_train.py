@@ -173,7 +173,9 @@ def test_kill9_and_resume_gives_bit_identical_weights(tmp_path):
         (["list", "things"], "cannot list"),
     ],
 )
-def test_cli_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, monkeypatch, capsys, args, needle):
+def test_cli_bad_input_is_one_clear_error_with_exit_code_2(
+    tmp_path, monkeypatch, capsys, args, needle
+):
     monkeypatch.chdir(tmp_path)
     argv = [*args, "-o", str(tmp_path / "out")] if args[0] == "train" else args
     assert main(argv) == 2
@@ -184,7 +186,9 @@ def test_cli_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, monkeypatch
 
 
 def test_cli_process_exit_code_and_argparse_errors(tmp_path):
-    proc = _cli(["train", "--epochs", "many"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = _cli(
+        ["train", "--epochs", "many"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "invalid int value: 'many'" in err.decode()
     assert "Traceback" not in err.decode()

@@ -166,6 +166,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    only = [pat for item in args.only or [] for pat in item.split(",") if pat]
+    run_bench(
+        args.recipe,
+        only=only or None,
+        seeds=args.seeds,
+        dry_run=args.dry_run,
+        runs_dir=Path(args.runs_dir),
+        results_dir=Path(args.results_dir),
+    )
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
@@ -174,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method on a backbone and dataset")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "bench", help="run a recipe's benchmark matrix (methods x AT schemes x seeds)"
+    )
+    p.add_argument(
+        "--recipe", required=True, help="recipe with a `bench:` section, e.g. cpu or demo"
+    )
+    p.add_argument(
+        "--only", action="append", metavar="CELLS", help="cell names or globs, comma-separated"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="override every cell's seeds")
+    p.add_argument("--dry-run", action="store_true", help="show what would run")
+    p.add_argument(
+        "--runs-dir", default="runs/bench", help="where run directories (with weights) go"
+    )
+    p.add_argument("--results-dir", default="benchmarks/results", help="where committed results go")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")

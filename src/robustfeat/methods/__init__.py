@@ -4,7 +4,7 @@ import importlib
 import pkgutil
 
 from ._base import Method
-from ._registry import METHODS, create_method, list_methods, register_method
+from ._registry import METHODS, check_method_options, create_method, list_methods, register_method
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):

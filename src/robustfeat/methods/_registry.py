@@ -14,19 +14,25 @@ METHODS: Registry = Registry("method")
 register_method = METHODS.register
 
 
+def check_method_options(name: str, cfg: dict[str, Any]) -> None:
+    """Raise if ``name`` is not a method or ``cfg`` has options it does not take."""
+    cls = METHODS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p in params if p not in {"self", "model"}]
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for method {name!r}; valid: {valid}")
+
+
 def create_method(name: str, model: StagedModel, **cfg: Any) -> Method:
     """Wrap ``model`` in the registered method ``name`` with options ``cfg``.
 
     Unknown options are an error that lists the valid ones.
     """
-    cls = METHODS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    valid = [p for p in params if p not in {"self", "model"}]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown and not accepts_any:
-        raise ConfigError(f"unknown option(s) {unknown} for method {name!r}; valid: {valid}")
-    return cls(model, **cfg)
+    check_method_options(name, cfg)
+    return METHODS.get(name)(model, **cfg)
 
 
 def list_methods() -> list[str]:

@@ -1,0 +1,176 @@
+"""``robustfeat bench``: a benchmark matrix of methods x adversarial-training schemes x seeds.
+
+A recipe's ``bench:`` section lists the cells::
+
+    bench:
+      seeds: [0, 1, 2]          # default seeds of every cell
+      cells:
+        - method: ce
+        - {name: hnc_mse, method: hnc, args: {variant: mse}}
+        - {method: cifs, at: fgsm_rs, seeds: [0], set: {lr: 0.1}}
+
+Each (cell, seed) trains into ``<runs>/<recipe>/<cell>/seed<k>`` (weights stay there) and its
+results are copied to ``<results>/<recipe>/<cell>/seed<k>/`` (results.json, config.yaml,
+metrics.jsonl; no weights) — the committed record. A cell whose results exist is skipped; an
+interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .config import load_recipe, make_config, read_yaml, recipe_path
+from .errors import ConfigError
+from .methods import check_method_options
+
+RESULT_FILES = ("config.yaml", "metrics.jsonl", "results.json")  # results.json last: marks done
+CELL_KEYS = {"name", "method", "args", "at", "at_args", "seeds", "set"}
+
+
+@dataclass
+class Cell:
+    name: str
+    method: str
+    args: dict[str, Any] = field(default_factory=dict)
+    at: str | None = None
+    at_args: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def config_layer(self, seed: int) -> dict[str, Any]:
+        return {
+            **self.overrides,
+            "method": self.method,
+            "method_args": self.args,
+            "at": self.at,
+            "at_args": self.at_args,
+            "seed": seed,
+        }
+
+
+def cell_name(method: str, at: str | None) -> str:
+    return f"{method}+{at}" if at else method
+
+
+def parse_cells(bench: dict[str, Any], recipe: str) -> list[Cell]:
+    if not isinstance(bench, dict) or not isinstance(bench.get("cells"), list):
+        raise ConfigError(f"recipe {recipe!r} has no `bench: {{cells: [...]}}` section to run")
+    default_seeds = bench.get("seeds", [0])
+    cells: list[Cell] = []
+    for i, raw in enumerate(bench["cells"]):
+        if not isinstance(raw, dict) or "method" not in raw:
+            raise ConfigError(f"bench cell {i} of {recipe!r} must be a mapping with a `method`")
+        unknown = set(raw) - CELL_KEYS
+        if unknown:
+            raise ConfigError(
+                f"bench cell {i} of {recipe!r}: unknown key(s) {sorted(unknown)}; "
+                f"valid: {sorted(CELL_KEYS)}"
+            )
+        cell = Cell(
+            name=raw.get("name") or cell_name(raw["method"], raw.get("at")),
+            method=raw["method"],
+            args=raw.get("args") or {},
+            at=raw.get("at"),
+            at_args=raw.get("at_args") or {},
+            seeds=list(raw.get("seeds", default_seeds)),
+            overrides=raw.get("set") or {},
+        )
+        if "/" in cell.name or cell.name.startswith("."):
+            raise ConfigError(f"bench cell name {cell.name!r} must be a plain directory name")
+        cells.append(cell)
+    names = [c.name for c in cells]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"bench cells of {recipe!r} share names {duplicates}; give each a `name`")
+    return cells
+
+
+def select(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    """Cells whose name matches any of the ``only`` patterns (shell globs), in recipe order."""
+    if not only:
+        return cells
+    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
+    if not chosen:
+        raise ConfigError(
+            f"--only {only} matches no cell; cells: {', '.join(c.name for c in cells)}"
+        )
+    return chosen
+
+
+def plan(
+    recipe: str,
+    only: list[str] | None = None,
+    seeds: list[int] | None = None,
+    results_dir: Path = Path("benchmarks/results"),
+) -> list[tuple[Cell, int, bool]]:
+    """(cell, seed, already done) for every selected run, validating each config up front."""
+    base = load_recipe(recipe)
+    cells = select(parse_cells(read_yaml(recipe_path(recipe)).get("bench"), recipe), only)
+    rows = []
+    for cell in cells:
+        for seed in seeds if seeds is not None else cell.seeds:
+            cfg = make_config(
+                base, cell.config_layer(seed)
+            )  # a bad cell fails before anything runs
+            check_method_options(cfg.method, cfg.method_args)
+            done = (
+                results_dir / recipe_label(recipe) / cell.name / f"seed{seed}" / "results.json"
+            ).exists()
+            rows.append((cell, seed, done))
+    return rows
+
+
+def recipe_label(recipe: str) -> str:
+    return Path(recipe).stem
+
+
+def run_bench(
+    recipe: str,
+    only: list[str] | None = None,
+    seeds: list[int] | None = None,
+    dry_run: bool = False,
+    runs_dir: Path = Path("runs/bench"),
+    results_dir: Path = Path("benchmarks/results"),
+) -> list[dict[str, Any]]:
+    from .train import train
+
+    console = Console()
+    rows = plan(recipe, only, seeds, results_dir)
+    label = recipe_label(recipe)
+    base = load_recipe(recipe)
+    summary = []
+    for cell, seed, done in rows:
+        target = results_dir / label / cell.name / f"seed{seed}"
+        status = "done" if done else ("would run" if dry_run else "running")
+        console.print(f"[bold]{label}/{cell.name}/seed{seed}[/]: {status}")
+        if done or dry_run:
+            summary.append({"cell": cell.name, "seed": seed, "status": status})
+            continue
+        cfg = make_config(base, cell.config_layer(seed), {"progress": False})
+        run = runs_dir / label / cell.name / f"seed{seed}"
+        results = train(cfg, run, resume=True)
+        publish(run, target)
+        summary.append(
+            {
+                "cell": cell.name,
+                "seed": seed,
+                "status": "ran",
+                "clean": results["clean"]["accuracy"],
+            }
+        )
+    return summary
+
+
+def publish(run: Path, target: Path) -> None:
+    """Copy a finished run's committed record (no weights) next to the other results."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        tmp = target / f".{name}.tmp"
+        shutil.copyfile(run / name, tmp)
+        tmp.replace(target / name)
