@@ -1,9 +1,13 @@
 """The Top-GAP method: head on the stage contract, Eq. (1), ablation switches, CAM mode."""
 
+import warnings
+
 import pytest
 import torch
 
 from robustfeat import io
+from robustfeat.bench import plan
+from robustfeat.config import load_recipe, make_config
 from robustfeat.errors import ConfigError
 from robustfeat.methods import create_method
 from robustfeat.methods.topgap import TopGapNet, l1_penalty
@@ -121,3 +125,25 @@ def test_multi_hot_targets_use_sigmoid_cross_entropy():
 def test_rejects_bad_options(opts, match):
     with pytest.raises(ConfigError, match=match):
         _method(**opts)
+
+
+def test_overweighted_sum_penalty_warns_and_mean_does_not():
+    with pytest.warns(UserWarning, match="diverged"):
+        _method(l1_norm="sum", lam=0.05)  # 0.05 x 10 classes x 32 x 32 = 512x the mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _method(l1_norm="mean", lam=1.0)
+        _method(l1_norm="sum", lam=1e-4)
+
+
+def test_paper_recipe_builds_and_plans_the_k_sweep(tmp_path):
+    cfg = make_config(load_recipe("paper-topgap"))
+    assert cfg.method == "topgap" and cfg.epochs == 200 and cfg.eval_suite == "paper-topgap"
+    model = create_model(cfg.model, num_classes=10)
+    method = create_method(cfg.method, model, **cfg.method_args)
+    assert method.model.stages == ["stage1", "stage2", "stage3", "stage4"]
+    assert method.model.head.lateral[0].out_channels == 256
+    rows = plan("paper-topgap", results_dir=tmp_path)
+    names = sorted({cell.name for cell, _, _ in rows})
+    assert names == sorted(["ce"] + [f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)])
+    assert len(rows) == 7 * 5

@@ -15,9 +15,13 @@ No official code of the paper was found, so every normalisation is our reading, 
   positions, averaged over the batch (h*w*classes times larger: 10240x for a 32x32 map and 10
   classes). The penalty is computed in fp32 even under bf16 autocast.
 - ``lam_warmup``: lam ramps linearly from 0 over the first N optimizer steps (0 = off). With the
-  "sum" normalisation and the cpu recipe's lr 0.2, the penalty's gradient on the 1x1 conv
-  (lam * sum over h*w positions of sign(X) * features) overwhelms CE from the first step; see the
-  issue's report for the measured divergence and the settings that are stable.
+  "sum" normalisation the penalty's gradient (lam * sign(X) for each of the h*w*classes map
+  entries, summed into the 1x1 conv and the FPN convs) is thousands of times CE's at
+  initialisation; the L1 subgradient does not shrink near 0, and because X is a product of the
+  class conv and the FPN features, each overshoot grows both, so |X| explodes geometrically and
+  the loss is NaN within a few steps even at the warm-up's tiny learning rates, in bf16 and fp32
+  alike (benchmarks/topgap_stability.py; a warm-up of lam only delays it). A "sum" lam more than
+  10x the "mean" equivalent (lam * h*w*classes) triggers a warning.
 - The ablation switches of Table 7: ``fpn`` (False: the 1x1 conv on the last stage only, i.e.
   the backbone's classifier as a conv), ``l1`` (False: no penalty; it is still logged) and
   ``topgap`` (False: GAP instead of top-k pooling).
@@ -27,6 +31,7 @@ No official code of the paper was found, so every normalisation is our reading, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +55,25 @@ def l1_penalty(maps: torch.Tensor, norm: str = "mean") -> torch.Tensor:
     check(norm in L1_NORMS, f"l1_norm must be one of {L1_NORMS}, got {norm!r}")
     magnitude = maps.float().abs()
     return magnitude.mean() if norm == "mean" else magnitude.flatten(1).sum(1).mean()
+
+
+# A "sum" penalty with lam above this many times the "mean" one diverged within the first
+# 12 steps of the cpu recipe (benchmarks/results/topgap_stability.json); 10x was still stable.
+MAX_STABLE_MEAN_EQUIVALENT = 10.0
+
+
+def warn_if_overweighted(lam: float, l1_norm: str, entries_per_image: int) -> None:
+    """Warn when the penalty weighs more than ``MAX_STABLE_MEAN_EQUIVALENT`` x the "mean" one
+    with lam = 1 (the "sum" norm is ``entries_per_image`` times the "mean" one)."""
+    equivalent = lam * entries_per_image if l1_norm == "sum" else lam
+    if equivalent > MAX_STABLE_MEAN_EQUIVALENT:
+        warnings.warn(
+            f"topgap: lam={lam} with l1_norm={l1_norm!r} weighs the L1 penalty like lam="
+            f"{equivalent:g} with l1_norm='mean' ({entries_per_image} class-map entries per "
+            f"image); above {MAX_STABLE_MEAN_EQUIVALENT:g} training diverged to NaN within a "
+            "few steps at the cpu recipe's learning rate (see benchmarks/topgap_stability.py)",
+            stacklevel=3,
+        )
 
 
 def head_stages(model: StagedModel, num_maps: int, fpn: bool) -> list[str]:
@@ -143,6 +167,8 @@ class TopGAP(Method):
             fpn=fpn,
             upsample=upsample,
         )
+        largest = max(model.feature_info[s].size[0] * model.feature_info[s].size[1] for s in stages)
+        warn_if_overweighted(lam, l1_norm, num_classes * largest)
         model.fc = nn.Identity()  # the Top-GAP head replaces the linear classifier
         super().__init__(TopGapNet(model, stages, head, k if topgap else None))
         self.lam, self.l1_norm, self.lam_warmup, self.use_l1 = float(lam), l1_norm, lam_warmup, l1
