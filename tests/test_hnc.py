@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from robustfeat.bench import plan
+from robustfeat.config import load_recipe, make_config
 from robustfeat.errors import ConfigError
 from robustfeat.interpret.cam import class_activation_maps
 from robustfeat.methods import create_method
@@ -170,3 +172,13 @@ def test_method_rejects_bad_options_and_models_without_linear_head():
     model.fc = torch.nn.Sequential(model.fc)
     with pytest.raises(ConfigError, match="GAP \\+ linear"):
         create_method("hnc", model)
+
+
+def test_paper_recipe_is_the_cifar100_protocol(tmp_path):
+    cfg = make_config(load_recipe("paper-hnc"))
+    assert (cfg.model, cfg.data, cfg.epochs, cfg.lr) == ("resnet110", "cifar100", 164, 0.1)
+    assert [round(m * 164) for m in cfg.milestones] == [84, 122]
+    method = create_method(cfg.method, create_model(cfg.model, num_classes=100), **cfg.method_args)
+    assert method.k == 10 == default_k(100) and method.lam == 0.07
+    rows = plan("paper-hnc", results_dir=tmp_path)
+    assert sorted({c.name for c, _, _ in rows}) == ["ce", "hnc_kd", "hnc_mse"] and len(rows) == 15
