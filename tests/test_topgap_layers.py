@@ -89,3 +89,31 @@ def test_fpn_head_rejects_bad_options():
         FPNHead([8], 10, width=0)
     with pytest.raises(ConfigError, match="upsample"):
         FPNHead([8], 10, upsample="cubic")
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_fused_head_is_the_same_function_with_the_same_gradients(upsample):
+    torch.manual_seed(1)
+    feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+    fused = FPNHead([8, 16, 32], num_classes=5, width=12, upsample=upsample)
+    plain = FPNHead([8, 16, 32], num_classes=5, width=12, upsample=upsample, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    out_fused, out_plain = fused(feats), plain(feats)
+    assert torch.allclose(out_fused, out_plain, atol=1e-5)
+    weights = torch.randn_like(out_fused)
+    (out_fused * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_dropout_in_training_takes_the_plain_path():
+    feats = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
+    head = FPNHead([4, 4], num_classes=3, width=6, dropout=0.5).train()
+    torch.manual_seed(0)
+    a = head(feats)
+    torch.manual_seed(0)
+    b = head.classifier(head.dropout(head.merge(feats)))
+    assert torch.equal(a, b)
+    head.eval()  # dropout off: the fused path, same as the plain one
+    assert torch.allclose(head(feats), head.classifier(head.merge(feats)), atol=1e-5)

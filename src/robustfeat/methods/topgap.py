@@ -25,6 +25,9 @@ No official code of the paper was found, so every normalisation is our reading, 
 - The ablation switches of Table 7: ``fpn`` (False: the 1x1 conv on the last stage only, i.e.
   the backbone's classifier as a conv), ``l1`` (False: no penalty; it is still logged) and
   ``topgap`` (False: GAP instead of top-k pooling).
+- ``fused_head`` (default True): the head runs through its composed kernels (the same function
+  and gradients at a fraction of the cost, see ``robustfeat.nn.fpn_head``); False runs the
+  literal 256-filter convolutions (for timing comparisons).
 - "CAM mode" (Sec. 3.1): ``eval_model().cam(x)`` gives the class maps upsampled to the input
   size and min-max normalised to [0, 1]; ``class_maps(x)`` the raw maps.
 """
@@ -105,8 +108,9 @@ class TopGapNet(nn.Module):
 
     @property
     def cam_target_layer(self) -> nn.Module:
-        """Where Grad-CAM reads this network: the input of the 1x1 classifier conv."""
-        return self.head.dropout
+        """Where Grad-CAM reads this network (its own maps are ``class_maps``): the backbone's
+        last node."""
+        return self.backbone._nodes[-1][1]
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         """X^(n+1): (B, classes, H, W) at the resolution of the largest stage read."""
@@ -145,6 +149,7 @@ class TopGAP(Method):
         fpn: bool = True,
         l1: bool = True,
         topgap: bool = True,
+        fused_head: bool = True,
     ) -> None:
         check_k(k)
         check(isinstance(lam, (int, float)) and lam >= 0, f"topgap lam must be >= 0, got {lam!r}")
@@ -166,6 +171,7 @@ class TopGAP(Method):
             dropout=dropout,
             fpn=fpn,
             upsample=upsample,
+            fused=fused_head,
         )
         largest = max(model.feature_info[s].size[0] * model.feature_info[s].size[1] for s in stages)
         warn_if_overweighted(lam, l1_norm, num_classes * largest)
