@@ -147,3 +147,15 @@ def test_paper_recipe_builds_and_plans_the_k_sweep(tmp_path):
     names = sorted({cell.name for cell, _, _ in rows})
     assert names == sorted(["ce"] + [f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)])
     assert len(rows) == 7 * 5
+
+
+def test_adaptive_attack_loss_is_ce_of_the_gap_of_the_class_maps():
+    method = _method(k=4)
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 5, 9])
+    losses = method.attack_losses()
+    assert set(losses) == {"gap_ce"}
+    value = losses["gap_ce"](x, y)
+    expected = torch.nn.functional.cross_entropy(
+        method.model.class_maps(x).mean((2, 3)), y, reduction="none"
+    )
+    assert value.shape == (3,) and torch.allclose(value, expected, atol=1e-6)

@@ -46,7 +46,7 @@ from ..interpret.cam import to_input_size
 from ..models.base import StagedModel
 from ..nn.fpn_head import FPNHead
 from ..nn.topk_pool import check_k, topk_pool2d
-from ._base import Method
+from ._base import AttackLoss, Method
 from ._registry import register_method
 
 L1_NORMS = ("mean", "sum")
@@ -186,6 +186,19 @@ class TopGAP(Method):
 
     def compile_targets(self) -> list[nn.Module]:
         return [module for _, module in self.model.backbone._nodes] + [self.model.head]
+
+    def attack_losses(self) -> dict[str, AttackLoss]:
+        """``gap_ce``: CE of the class maps' *average* (GAP) instead of their top-k mean. Top-k
+        pooling sends the gradient to k positions per class only, a known way to starve
+        gradient attacks; the GAP surrogate gives every position a gradient (the paper itself
+        reports APGD at about 7% where PGD-20 gives 52%)."""
+        net = self.model
+
+        def gap_ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = net.class_maps(x).float().mean((2, 3))
+            return F.cross_entropy(logits, y, reduction="none")
+
+        return {"gap_ce": gap_ce}
 
     def current_lam(self) -> float:
         """lam, ramped linearly over the first ``lam_warmup`` optimizer steps."""
