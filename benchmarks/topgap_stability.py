@@ -10,7 +10,8 @@ For each configuration (Top-GAP options + precision) on real CIFAR-10 batches wi
    1x1 class conv, the FPN laterals and the backbone (their norms and the L1 / CE ratio);
 2. ``--steps`` SGD steps with the cpu recipe's optimizer and learning-rate schedule (SGD,
    nesterov momentum 0.9, wd 5e-4, lr 0.2 one-cycle with 15% warm-up over the recipe's 3900
-   steps, so these are the first steps of a real run), logging per step the loss parts, max |X|,
+   steps, so these are the first steps of a real run; ``--schedule-steps 200`` for the schedule
+   of a 200-step run, which reaches lr 0.2 at step 30), logging per step the loss parts, max |X|,
    the class conv's weight norm and bias, the gradient norm, and the first non-finite step.
 
 Writes benchmarks/results/topgap_stability.json (config, per-step logs, machine, git SHA).
@@ -39,6 +40,8 @@ from robustfeat.train import lr_factor
 
 CIFAR = "zip:/work/shared/data/cifar10-jpeg.zip"
 RECIPE_STEPS = 3900  # 10 epochs x 390 batches of 128: the schedule the cpu recipe runs
+# head_lr=1 (one learning rate for everything) unless a config says otherwise: the first
+# group is about the L1 term, the second about the head's learning rate.
 CONFIGS: dict[str, dict[str, Any]] = {
     "sum-lam1": {"l1_norm": "sum", "lam": 1.0},
     "sum-lam0.05": {"l1_norm": "sum", "lam": 0.05},
@@ -47,6 +50,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sum-lam1e-3": {"l1_norm": "sum", "lam": 1e-3},
     "mean-lam1": {"l1_norm": "mean", "lam": 1.0},
     "mean-lam10": {"l1_norm": "mean", "lam": 10.0},
+    "mean-lam0.1": {"l1_norm": "mean", "lam": 0.1},
+    "no-l1": {"l1": False},
+    "mean-lam1-k64": {"lam": 1.0, "k": 64},
+    "mean-lam1-w64": {"lam": 1.0, "width": 64},
+    "mean-lam1-gap": {"lam": 1.0, "topgap": False},
+    "mean-lam1-headlr0.1": {"lam": 1.0, "head_lr": 0.1},
+    "no-l1-headlr0.1": {"l1": False, "head_lr": 0.1},
+    "mean-lam1-k64-headlr0.1": {"lam": 1.0, "k": 64, "head_lr": 0.1},
+    "mean-lam1-w64-headlr0.1": {"lam": 1.0, "width": 64, "head_lr": 0.1},
+    "mean-lam10-headlr0.1": {"lam": 10.0, "head_lr": 0.1},
 }
 
 
@@ -88,15 +101,14 @@ def run(name: str, options: dict[str, Any], data, args) -> dict[str, Any]:
     cfg = make_config(load_recipe("cpu"), {"batch_size": args.batch})
     torch.manual_seed(0)
     model = create_model("resnet20", 10, mean=data.mean, std=data.std)
-    method = create_method("topgap", model, k=args.k, width=args.width, **options)
+    options = {"k": args.k, "width": args.width, "head_lr": 1.0, **options}
+    method = create_method("topgap", model, **options)
     method.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(
-        method.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-    )
+    base = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    groups = method.param_groups(base)  # what the trainer builds (head_lr, ...)
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     autocast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
         if precision == "bf16"
@@ -110,11 +122,11 @@ def run(name: str, options: dict[str, Any], data, args) -> dict[str, Any]:
     def read_maps(module, inputs, output) -> None:  # reads X^(n+1), changes nothing
         seen["maps_absmax"] = float(output.detach().float().abs().max())
 
-    method.model.head.classifier.register_forward_hook(read_maps)
+    method.model.head.register_forward_hook(read_maps)
     batches = loader.batches(0)
     x0, y0 = next(batches)
     record: dict[str, Any] = {
-        "options": {**options, "k": args.k, "width": args.width},
+        "options": options,
         "precision": precision,
         "gradients_at_init": gradient_split(method, x0, y0, autocast),
         "steps": [],
@@ -125,9 +137,10 @@ def run(name: str, options: dict[str, Any], data, args) -> dict[str, Any]:
     for step, (x, y) in enumerate(batches):
         if step >= args.steps:
             break
-        lr = cfg.lr * lr_factor(step, RECIPE_STEPS, schedule_cfg)
+        factor = lr_factor(step, args.schedule_steps, schedule_cfg)
+        lr = cfg.lr * factor
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["base_lr"] * factor
         optimizer.zero_grad(set_to_none=True)
         x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -169,6 +182,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--k", type=int, default=16)
+    parser.add_argument(
+        "--schedule-steps",
+        type=int,
+        default=RECIPE_STEPS,
+        help="length of the one-cycle schedule the steps are taken from (the cpu recipe's 3900; "
+        "200 = `-c cpu --steps 200`, whose warm-up reaches lr 0.2 at step 30)",
+    )
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument(
@@ -187,7 +207,7 @@ def main() -> None:
                 "batch": args.batch,
                 "steps": args.steps,
                 "schedule": f"cpu recipe: SGD nesterov 0.9, wd 5e-4, lr 0.2 one-cycle, "
-                f"warm-up 15% of {RECIPE_STEPS} steps (these are its first steps)",
+                f"warm-up 15% of {args.schedule_steps} steps (these are its first steps)",
                 "channels_last": True,
                 "compile": False,
             },

@@ -159,3 +159,16 @@ def test_adaptive_attack_loss_is_ce_of_the_gap_of_the_class_maps():
         method.model.class_maps(x).mean((2, 3)), y, reduction="none"
     )
     assert value.shape == (3,) and torch.allclose(value, expected, atol=1e-6)
+
+
+def test_head_learning_rate_group():
+    method = _method()
+    groups = method.param_groups({"lr": 0.2, "weight_decay": 5e-4})
+    assert [g["lr"] for g in groups] == [0.2, pytest.approx(0.02)]  # default head_lr 0.1
+    head = {id(p) for p in method.model.head.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head
+    every = [id(p) for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in method.parameters())  # each exactly once
+    assert _method(head_lr=1.0).param_groups({"lr": 0.2})[1]["lr"] == 0.2
+    with pytest.raises(ConfigError, match="head_lr"):
+        _method(head_lr=0.0)

@@ -93,7 +93,13 @@ def default_k(num_classes: int) -> int:
 # ------------------------------------------------------------------ the method
 @register_method
 class HNC(Method):
-    """CE (or SCE for multi-hot labels) + lam * HNC_mse / HNC_kd on the last stage's CAMs."""
+    """CE (or SCE for multi-hot labels) + lam * HNC_mse / HNC_kd on the last stage's CAMs.
+
+    Options: ``variant`` ("mse" | "kd"); ``lam`` (default: the official 0.07 / 0.0065); ``k``
+    (negative classes per sample, default ``default_k``); ``bias`` (False: HNC acts on the CAMs
+    without the classifier bias; the logits keep it); ``pos_rate`` (p_o of Eq. 8 per class for
+    multi-hot labels; default: estimated from the training batches).
+    """
 
     name = "hnc"
 

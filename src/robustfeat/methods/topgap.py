@@ -25,6 +25,13 @@ No official code of the paper was found, so every normalisation is our reading, 
 - The ablation switches of Table 7: ``fpn`` (False: the 1x1 conv on the last stage only, i.e.
   the backbone's classifier as a conv), ``l1`` (False: no penalty; it is still logged) and
   ``topgap`` (False: GAP instead of top-k pooling).
+- ``head_lr`` (default 0.1): the head's learning rate as a fraction of the base one. The
+  paper's head is two stacked linear layers (3x3 convs, then the 1x1 class conv) with no
+  normalisation, and top-k pooling feeds its gradient to a few positions: at the cpu recipe's
+  learning rates (0.1-0.2) it diverges to NaN within ~15 steps once the lr passes ~0.07, with or
+  without the L1 term, at k = 16 or 64, width 256 or 64 (``benchmarks/topgap_stability.py
+  --schedule-steps 200``); with the head at 0.1x it trains through lr 0.2. The paper gives no
+  optimiser settings; ``head_lr=1`` restores a single learning rate.
 - ``fused_head`` (default True): the head runs through its composed kernels (the same function
   and gradients at a fraction of the cost, see ``robustfeat.nn.fpn_head``); False runs the
   literal 256-filter convolutions (for timing comparisons).
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +158,7 @@ class TopGAP(Method):
         l1: bool = True,
         topgap: bool = True,
         fused_head: bool = True,
+        head_lr: float = 0.1,
     ) -> None:
         check_k(k)
         check(isinstance(lam, (int, float)) and lam >= 0, f"topgap lam must be >= 0, got {lam!r}")
@@ -178,11 +187,20 @@ class TopGAP(Method):
         model.fc = nn.Identity()  # the Top-GAP head replaces the linear classifier
         super().__init__(TopGapNet(model, stages, head, k if topgap else None))
         self.lam, self.l1_norm, self.lam_warmup, self.use_l1 = float(lam), l1_norm, lam_warmup, l1
+        check(head_lr > 0, f"topgap head_lr must be > 0, got {head_lr!r}")
+        self.head_lr = float(head_lr)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """The head's parameters get ``head_lr`` times the base learning rate."""
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        ids = {id(p) for p in head}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, **base}, {"params": head, **base, "lr": base["lr"] * self.head_lr}]
 
     def compile_targets(self) -> list[nn.Module]:
         return [module for _, module in self.model.backbone._nodes] + [self.model.head]
