@@ -60,6 +60,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mean-lam1-k64-headlr0.1": {"lam": 1.0, "k": 64, "head_lr": 0.1},
     "mean-lam1-w64-headlr0.1": {"lam": 1.0, "width": 64, "head_lr": 0.1},
     "mean-lam10-headlr0.1": {"lam": 10.0, "head_lr": 0.1},
+    "sum-lam0.05-headlr0.1": {"l1_norm": "sum", "lam": 0.05, "head_lr": 0.1},
+    "sum-lam1e-3-headlr0.1": {"l1_norm": "sum", "lam": 1e-3, "head_lr": 0.1},
 }
 
 
