@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustfeat.bench import plan
 from robustfeat.data import load_dataset
 from robustfeat.data.base import ImageDataset
 from robustfeat.interpret.erf import erf_distance, erf_map, erf_value
@@ -143,3 +144,11 @@ def test_cam_quality_on_shapes_for_cam_top_gap_and_grad_cam():
     topgap = create_method("topgap", create_model("test_cnn", 10), width=4)
     out = cam_quality(topgap, data, n=8, erf=False)
     assert out["map_size"] == [32, 32]
+
+
+def test_shapes_cam_recipe_plans_every_cell(tmp_path):
+    rows = plan("shapes-cam", results_dir=tmp_path)
+    cells = {cell.name: cell for cell, _, _ in rows}
+    assert len(cells) == 16 and len(rows) == 48
+    assert cells["small_topgap_k32"].overrides["data_args"]["size_range"] == [0.2, 0.3]
+    assert cells["spurious_hnc_kd"].args == {"variant": "kd"}
