@@ -172,3 +172,12 @@ def test_head_learning_rate_group():
     assert _method(head_lr=1.0).param_groups({"lr": 0.2})[1]["lr"] == 0.2
     with pytest.raises(ConfigError, match="head_lr"):
         _method(head_lr=0.0)
+
+
+def test_cpu_cam_recipe_plans_the_sweep(tmp_path):
+    rows = plan("cpu-cam", results_dir=tmp_path)
+    cells = {cell.name: cell for cell, _, _ in rows}
+    assert {f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)} <= set(cells)
+    assert cells["topgap_k1_no_fpn"].args == {"k": 1, "fpn": False}
+    cfg = make_config(load_recipe("cpu-cam"))
+    assert cfg.model == "resnet20" and cfg.epochs == 10 and cfg.eval_suite == "standard"
