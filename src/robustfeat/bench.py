@@ -25,12 +25,22 @@ from typing import Any
 
 from rich.console import Console
 
-from .config import load_recipe, make_config, read_yaml, recipe_path
+from .config import load_recipe, make_config, read_yaml, recipe_path, type_name, value_fits
 from .errors import ConfigError
+from .io import safe_name
 from .methods import check_method_options
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "results.json")  # results.json last: marks done
-CELL_KEYS = {"name", "method", "args", "at", "at_args", "seeds", "set"}
+# bench cell keys and the types their values must have
+CELL_KEYS: dict[str, Any] = {
+    "name": str,
+    "method": str,
+    "at": str | None,
+    "args": dict | None,
+    "at_args": dict | None,
+    "set": dict | None,
+    "seeds": list[int],
+}
 
 
 @dataclass
@@ -62,16 +72,26 @@ def parse_cells(bench: dict[str, Any], recipe: str) -> list[Cell]:
     if not isinstance(bench, dict) or not isinstance(bench.get("cells"), list):
         raise ConfigError(f"recipe {recipe!r} has no `bench: {{cells: [...]}}` section to run")
     default_seeds = bench.get("seeds", [0])
+    if not value_fits(default_seeds, list[int]):
+        raise ConfigError(
+            f"bench seeds of {recipe!r} must be a list of integers, got {default_seeds!r}"
+        )
     cells: list[Cell] = []
     for i, raw in enumerate(bench["cells"]):
         if not isinstance(raw, dict) or "method" not in raw:
             raise ConfigError(f"bench cell {i} of {recipe!r} must be a mapping with a `method`")
-        unknown = set(raw) - CELL_KEYS
+        unknown = set(raw) - set(CELL_KEYS)
         if unknown:
             raise ConfigError(
                 f"bench cell {i} of {recipe!r}: unknown key(s) {sorted(unknown)}; "
                 f"valid: {sorted(CELL_KEYS)}"
             )
+        for key, hint in CELL_KEYS.items():
+            if key in raw and not value_fits(raw[key], hint):
+                raise ConfigError(
+                    f"bench cell {i} of {recipe!r}: {key} must be {type_name(hint)}, "
+                    f"got {raw[key]!r}"
+                )
         cell = Cell(
             name=raw.get("name") or cell_name(raw["method"], raw.get("at")),
             method=raw["method"],
@@ -81,8 +101,7 @@ def parse_cells(bench: dict[str, Any], recipe: str) -> list[Cell]:
             seeds=list(raw.get("seeds", default_seeds)),
             overrides=raw.get("set") or {},
         )
-        if "/" in cell.name or cell.name.startswith("."):
-            raise ConfigError(f"bench cell name {cell.name!r} must be a plain directory name")
+        safe_name(cell.name, f"bench cell name (cell {i} of {recipe!r})")
         cells.append(cell)
     names = [c.name for c in cells]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -127,7 +146,7 @@ def plan(
 
 
 def recipe_label(recipe: str) -> str:
-    return Path(recipe).stem
+    return safe_name(Path(recipe).stem, "recipe name")
 
 
 def run_bench(

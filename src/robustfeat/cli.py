@@ -101,15 +101,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         layer["at"] = None if args.at == "none" else args.at
     if args.no_progress:
         layer["progress"] = False
-    for key, items in (
-        ("method_args", args.arg),
-        ("at_args", args.at_arg),
-        ("model_args", args.model_arg),
-        ("data_args", args.data_arg),
+    for key, flag, items in (
+        ("method_args", "--arg", args.arg),
+        ("at_args", "--at-arg", args.at_arg),
+        ("model_args", "--model-arg", args.model_arg),
+        ("data_args", "--data-arg", args.data_arg),
     ):
         if items:
             base = next((lay[key] for lay in reversed(layers) if key in lay), {}) or {}
-            layer[key] = {**base, **parse_assignments(items, f"--{key.replace('_args', '-arg')}")}
+            layer[key] = {**base, **parse_assignments(items, flag)}
     layers.append(layer)
     layers.append(parse_assignments(args.set, "--set"))
     return make_config(*layers)
@@ -132,9 +132,110 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ eval
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    from .attacks.suites import list_suites
+
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory (config.yaml + weights.safetensors)"
+    )
+    p.add_argument(
+        "--suite", default="standard", help=f"evaluation suite: {', '.join(list_suites())}"
+    )
+    p.add_argument("--n", type=int, help="size of the attacked subset (default: the suite's)")
+    p.add_argument(
+        "--n-aa",
+        type=int,
+        dest="n_aa",
+        help="AutoAttack / slow-attack subset (default: the suite's)",
+    )
+    p.add_argument("--out", help="results file (default RUN_DIR/results.json)")
+    p.add_argument("--data", help="test data spec (default: the run's config)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=250, dest="batch_size")
+    p.add_argument(
+        "--seed", type=int, default=0, help="subset permutation and attack random starts"
+    )
+    p.add_argument(
+        "--corruptions-dir",
+        dest="corruptions_dir",
+        help="released CIFAR-10-C / CIFAR-100-C .npy files (default: generate them)",
+    )
+    p.add_argument(
+        "--n-corruptions",
+        type=int,
+        default=1000,
+        dest="n_corruptions",
+        help="test images corrupted when generating (default 1000)",
+    )
+    p.add_argument(
+        "--shift",
+        action="append",
+        metavar="NAME=SPEC",
+        help="extra test set for distribution shift (a dataset spec; repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def spurious_train_distribution(spec: str, data_args: dict[str, Any], n: int) -> Any:
+    """Fresh images of the biased training distribution of ``shapes`` (background colour tied to
+    the class with probability spurious_p), to compare with its unbiased test set: the train
+    split generated from the next seed, so none of them was trained on."""
+    from .data import load_dataset
+
+    options = {**data_args, "n_train": n, "render_seed": data_args.get("render_seed", 0) + 1}
+    return load_dataset(spec, "train", **options)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .evaluate import evaluate, print_summary
+    from .runs import load_run, read_run_config, run_info
+    from .train import resolve_device
+
+    cfg = read_run_config(args.run_dir)
+    spec = args.data or cfg.data
+    # the run's dataset options belong to its dataset, not to one given with --data
+    test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+    shift = {}
+    for item in args.shift or []:
+        name, sep, shift_spec = item.partition("=")
+        if not sep or not name or not shift_spec:
+            raise RobustfeatError(f"--shift must look like NAME=SPEC, got {item!r}")
+        shift[name] = load_dataset(shift_spec, "test")
+    if spec == "shapes" and cfg.data_args.get("spurious_p", 0) > 0:
+        shift["spurious_train_distribution"] = spurious_train_distribution(
+            spec, cfg.data_args, len(test)
+        )
+    method = load_run(
+        args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
+    )
+    out = Path(args.out) if args.out else Path(args.run_dir) / "results.json"
+    results = evaluate(
+        method,
+        test,
+        args.suite,
+        n=args.n,
+        n_aa=args.n_aa,
+        run=run_info(cfg, args.run_dir),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        corruptions_dir=args.corruptions_dir,
+        n_corruptions=args.n_corruptions,
+        shift=shift or None,
+        progress=not args.no_progress,
+        out=out,
+    )
+    print_summary(results)
+    print(f"results: {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ list
 def _listers() -> dict[str, Callable[[], list[str]]]:
     from .adversarial import list_schemes
+    from .attacks import list_attacks
+    from .attacks.suites import list_suites
     from .config import field_names, list_recipes
     from .data import list_datasets
     from .methods import list_methods
@@ -145,6 +246,8 @@ def _listers() -> dict[str, Callable[[], list[str]]]:
         "methods": list_methods,
         "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH"],
         "schemes": list_schemes,
+        "attacks": list_attacks,
+        "suites": list_suites,
         "recipes": list_recipes,
         "config": field_names,
     }
@@ -191,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("eval", help="evaluate a trained run with an evaluation suite")
+    add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser(
         "bench", help="run a recipe's benchmark matrix (methods x AT schemes x seeds)"
     )
@@ -209,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered names")
-    p.add_argument("what", help="models | methods | datasets | schemes | recipes | config")
+    p.add_argument(
+        "what", help="models | methods | datasets | schemes | attacks | suites | recipes | config"
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -227,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except RobustfeatError as err:
-        print(f"robustfeat: error: {err}", file=sys.stderr)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"robustfeat: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)

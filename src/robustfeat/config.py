@@ -7,9 +7,12 @@ bad one is a ConfigError that says what was wrong and what is valid.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,14 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + " ".join(problem.split())
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
@@ -123,7 +134,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from err
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from err
     if not isinstance(data, dict):
@@ -145,13 +156,21 @@ def recipe_path(name_or_path: str) -> Path:
     return RECIPE_DIR / f"{name_or_path}.yaml"
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
+def load_recipe(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The config keys of a recipe; a recipe may set ``extends: <other recipe>``."""
-    data = read_yaml(recipe_path(name_or_path))
+    path = recipe_path(name_or_path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(p.stem for p in (*_seen, path.resolve()))
+        raise ConfigError(f"recipe {name_or_path!r} extends itself ({chain})")
+    data = read_yaml(path)
     for key in ("bench", "description"):  # benchmark-only sections are not training keys
         data.pop(key, None)
     parent = data.pop("extends", None)
-    return {**load_recipe(parent), **data} if parent else data
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a recipe name or path, got {parent!r}")
+    return {**load_recipe(parent, (*_seen, path.resolve())), **data}
 
 
 def make_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -175,29 +194,99 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse value of {what} {item!r}: {err}") from err
+            raise ConfigError(
+                f"cannot parse value of {what} {item!r}: {yaml_problem(err)}"
+            ) from err
     return out
+
+
+def check_options(
+    fn: Callable[..., Any], options: dict[str, Any], what: str, skip: tuple[str, ...] = ()
+) -> None:
+    """Options (from a recipe or ``--arg k=v``) against ``fn``'s signature: an unknown name, or
+    a value that does not fit the parameter's annotation, is a ConfigError naming the option and
+    what is valid. Range checks stay with the function (it knows its limits)."""
+    params = {
+        name: p
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in ("self", *skip)
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    takes_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()
+    )
+    unknown = sorted(set(options) - set(params))
+    if unknown and not takes_any:
+        raise ConfigError(
+            f"bad options for {what}: unknown option(s) {unknown}; valid: {list(params)}"
+        )
+    check_option_types(fn, options, what)
+
+
+def check_option_types(fn: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """Values that do not fit the annotation of ``fn``'s parameter of the same name are a
+    ConfigError; parameters without (resolvable) annotations are not checked."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # annotations that do not resolve (e.g. TYPE_CHECKING imports): unchecked
+        hints = {}
+    for name, value in options.items():
+        if name in hints and not value_fits(value, hints[name]):
+            raise ConfigError(
+                f"bad options for {what}: {name!r} must be {type_name(hints[name])}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
 
 
 # ------------------------------------------------------------------ validation helpers
 _TYPES = {name: hint for name, hint in typing.get_type_hints(TrainConfig).items()}
 
 
+def value_fits(value: Any, hint: Any) -> bool:
+    """Whether a parsed YAML value fits a type hint; hints it does not know accept anything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, option) for option in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    base = origin or hint
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base in (str, bool):
+        return isinstance(value, base)
+    if base in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if base in (list, tuple, collections.abc.Sequence):
+        kinds = (list, tuple, str) if base is collections.abc.Sequence else (list, tuple)
+        if not isinstance(value, kinds):
+            return False
+        if base is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(value_fits, value, args))
+        return not args or all(value_fits(item, args[0]) for item in value)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(option) for option in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", None) if origin is None else str(hint).replace("typing.", "")
+
+
 def _check_type(name: str, value: Any, _declared: Any) -> None:
     hint = _TYPES[name]
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        origin = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return
-        if origin in (str, bool, dict, list) and isinstance(value, origin):
-            return
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"config {name!r} must be {names}, got {value!r} ({type(value).__name__})")
+    if not value_fits(value, hint):
+        raise ConfigError(
+            f"config {name!r} must be {type_name(hint)}, got {value!r} ({type(value).__name__})"
+        )
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -26,6 +26,10 @@ class CheckpointError(RobustfeatError):
     """A checkpoint is missing, truncated, corrupt, unsafe, or does not fit the model."""
 
 
+class OutputError(RobustfeatError):
+    """An output (run directory, checkpoint, results) cannot be written: permissions, disk full."""
+
+
 def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (validation of user-provided values)."""
     if not condition:

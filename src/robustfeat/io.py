@@ -2,6 +2,9 @@
 
 Every write goes to a temporary file in the same directory, is flushed and fsync'ed, then
 renamed over the target, so a reader (or a resumed run after kill -9) never sees half a file.
+A write that fails (permissions, disk full) is an OutputError naming the file; names that come
+from configs pass ``safe_name`` before they become paths, so no config can write outside its
+output directory.
 """
 
 from __future__ import annotations
@@ -19,22 +22,49 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, OutputError
+
+TMP_SUFFIX = ".tmp"  # temp files of atomic writes are ".<name>.<random>.tmp" next to the target
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         raise
+
+
+def safe_name(name: object, what: str) -> str:
+    """``name`` if it can be one file or directory name inside an output directory.
+
+    Names from configs and recipes (bench cells, run names) become paths; one that is empty,
+    hidden, ``..``, absolute or holds a separator could write outside the output directory.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name != name.strip()
+        or name.startswith(".")
+        or any(ch in name for ch in "/\\\0")
+    ):
+        raise ConfigError(
+            f"{what} {name!r} must be a plain name: non-empty, no '/', '\\' or NUL, "
+            "no leading '.' or surrounding spaces"
+        )
+    return name
 
 
 def json_default(obj: Any) -> Any:
@@ -161,13 +191,26 @@ def optimizer_to_tensors(
 def optimizer_from_tensors(
     optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], rest: dict[str, Any]
 ) -> None:
+    """Restore what ``optimizer_to_tensors`` saved; state that does not fit this optimizer's
+    parameters (unknown ids, other shapes) is a CheckpointError, not a failure steps later."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
-        pid, key = name.split(".", 1)
+        pid, _, key = name.partition(".")
+        if not (pid.isdigit() and key and int(pid) < len(params)):
+            raise CheckpointError(
+                f"optimizer state does not fit this run: entry {name!r} "
+                f"(this optimizer has {len(params)} parameters)"
+            )
+        if value.ndim and value.shape != params[int(pid)].shape:
+            raise CheckpointError(
+                f"optimizer state does not fit this run: {name} has shape {tuple(value.shape)}, "
+                f"its parameter {tuple(params[int(pid)].shape)}"
+            )
         state.setdefault(int(pid), {})[key] = value
     for pid, entries in rest.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(entries)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"optimizer state does not fit this run: {err}") from err

@@ -8,15 +8,24 @@ exactly the steps an uninterrupted run takes (bit-identical weights on CPU).
 
 Run directory: config.yaml, metrics.jsonl, state.json (points at the latest complete checkpoint
 directory under checkpoints/), weights.safetensors (final), results.json (evaluation).
+
+Faults: a checkpoint is written into ``step-N.tmp/`` and renamed when complete, then state.json
+is replaced atomically, so a kill -9 at any point leaves the previous checkpoint usable; a resume
+drops what the killed process left (temp files, metrics logged past the checkpoint) and takes
+the running epoch averages from the checkpoint, so even metrics.jsonl matches an uninterrupted
+run. ``fault_point`` lets the tests kill the process at each of these windows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import math
 import os
+import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,22 +40,53 @@ from torch import nn
 
 from . import io
 from .adversarial.schemes import Scheme, create_scheme
-from .config import TrainConfig
+from .config import TrainConfig, read_yaml
 from .data import DataSplits, prepare_data
 from .data.loader import BatchLoader
 from .data.transforms import default_train_augment
-from .errors import ConfigError, RobustfeatError
+from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
 from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
 from .provenance import provenance
+from .runs import run_info
 
 CHECKPOINTS = "checkpoints"
+MIN_FREE_BYTES = 50 * 2**20
+FAULT_ENV = "ROBUSTFEAT_FAULT"
+# Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
+RESUMABLE_KEYS = frozenset(
+    {"device", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
+    | {"eval_suite", "eval_n", "deterministic"}
+)
 
 
 class TrainingDiverged(RobustfeatError):
     """A loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def fault_point(where: str, step: int | None = None, rank: int = 0) -> None:
+    """Fault injection for the reliability tests.
+
+    With ``ROBUSTFEAT_FAULT=<where>[:<step>][@<rank>]`` set, the process kills itself
+    (SIGKILL: no cleanup, no finally) on reaching ``where`` (at ``step`` when given; on rank 0
+    unless ``@rank``). Unset, this is one environment lookup.
+
+    Points: ``step`` (forward of step N done, before its backward and optimizer step),
+    ``checkpoint_weights`` (weights of checkpoint N written into step-N.tmp/, optimizer not),
+    ``checkpoint_tmp`` (step-N.tmp/ complete, not renamed), ``checkpoint_renamed`` (renamed,
+    state.json not updated), ``checkpoint_pointer`` (state.json updated, older checkpoints not
+    yet deleted), ``final_weights`` (weights.safetensors written, evaluation not started),
+    ``eval`` (evaluation done, results.json not written).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, _, on_rank = spec.partition("@")
+    name, _, at_step = target.partition(":")
+    if name == where and at_step in ("", str(step)) and (on_rank or "0") == str(rank):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 # ------------------------------------------------------------------ small pure pieces
@@ -128,8 +168,10 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
 
 
 def validate_names(cfg: TrainConfig) -> None:
-    """Fail fast on an unknown model, method, scheme or dataset name."""
+    """Fail fast on an unknown model, method, scheme, dataset or evaluation-suite name (the
+    suite runs after training: a typo there must not cost the whole training run)."""
     from .adversarial.schemes import SCHEMES
+    from .attacks.suites import get_suite
     from .data import check_dataset_spec
     from .methods import METHODS
     from .models import MODELS
@@ -140,6 +182,8 @@ def validate_names(cfg: TrainConfig) -> None:
     if cfg.at not in (None, "none"):
         SCHEMES.get(cfg.at)
     check_dataset_spec(cfg.data)
+    if cfg.eval_suite is not None:
+        get_suite(cfg.eval_suite)
 
 
 # ------------------------------------------------------------------ run directory
@@ -171,40 +215,136 @@ class RunDir:
         return self.root / CHECKPOINTS / f"step-{step:09d}"
 
     def prepare(self) -> None:
-        """Create the directory and fail early, clearly, if it cannot be written or is full."""
+        """Create the directory and fail early, clearly, if it cannot be written or is (nearly)
+        full. On failure, directories this call created are removed again (no partial output)."""
+        missing = []  # the directory and the ancestors mkdir would create, deepest first
+        existing = self.root
+        while not existing.exists() and existing.parent != existing:
+            missing.append(existing)
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
+        if free < MIN_FREE_BYTES:
+            raise OutputError(
+                f"output directory {self.root} has only {free / 2**20:.1f} MiB free; "
+                f"need >= {MIN_FREE_BYTES // 2**20} MiB"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / ".write-test.tmp"
             probe.write_bytes(b"0" * 4096)
             probe.unlink()
         except OSError as err:
-            raise ConfigError(
+            for directory in missing:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise OutputError(
                 f"output directory {self.root} is not writable: {err.strerror or err}"
             ) from err
-        free = shutil.disk_usage(self.root).free
-        if free < 50 * 2**20:
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], Path]:
+        """state.json and the checkpoint directory it points at, both checked."""
+        state = io.read_json(self.state)
+        pointer = state.get("checkpoint") if isinstance(state, dict) else None
+        if not (
+            isinstance(pointer, str)
+            and re.fullmatch(rf"{CHECKPOINTS}/step-\d+", pointer)
+            and isinstance(state.get("step"), int)
+        ):
+            raise CheckpointError(
+                f"{self.state} is not a robustfeat checkpoint pointer "
+                f"(expected step and checkpoint: {CHECKPOINTS}/step-N), got {state!r}"
+            )
+        directory = self.root / pointer
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"{self.state} points at {directory}, which does not exist; to start this run "
+                f"over, delete {self.state.name} and {CHECKPOINTS}/ (or train into a new --out)"
+            )
+        return state, directory
+
+    def remove_stale(self, keep: Path) -> None:
+        """Drop what a killed process leaves behind: temp files of atomic writes, unfinished
+        (``step-N.tmp/``) and superseded checkpoints; only ``keep`` (state.json's) is read."""
+        for tmp in self.root.glob(f".*{io.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        for old in (self.root / CHECKPOINTS).iterdir():
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def reset(self) -> None:
+        """A fresh run into this directory: forget a previous run's state, so that a later
+        ``--resume`` can never continue a different run's checkpoint."""
+        for path in (self.state, self.results, self.weights, self.metrics):
+            path.unlink(missing_ok=True)
+        for tmp in self.root.glob(f".*{io.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(self.root / CHECKPOINTS, ignore_errors=True)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep the complete records of steps <= ``step``: a killed process may have logged past
+        its last checkpoint (the resumed run logs those steps again) or half a line."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        io.atomic_write_bytes(self.metrics, "".join(kept).encode())
+
+    def check_resume_config(self, cfg: TrainConfig) -> None:
+        """A resumed run must train what the checkpoint was trained with."""
+        if not self.config.is_file():
+            return
+        saved = read_yaml(self.config)
+        current = cfg.to_dict()
+        changed = [
+            f"{key} {saved[key]!r} -> {value!r}"
+            for key, value in current.items()
+            if key in saved and key not in RESUMABLE_KEYS and saved[key] != value
+        ]
+        if changed:
             raise ConfigError(
-                f"output directory {self.root} has only {free / 2**20:.1f} MiB free; need >= 50 MiB"
+                f"cannot resume {self.root}: it was trained with other settings "
+                f"({'; '.join(changed)}); resume with the same ones or train into a new --out"
             )
 
 
 def save_checkpoint(
     run: RunDir, method: Method, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]
 ) -> None:
-    """Write checkpoints/step-N/ completely, then point state.json at it, then drop older ones."""
+    """Write checkpoints/step-N/ completely, then point state.json at it, then drop older ones.
+
+    A failed write (disk full) removes the unfinished directory; the previous checkpoint stays.
+    """
     final = run.checkpoint(step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    io.save_tensors(tmp / "weights.safetensors", method.state_dict())
-    opt_tensors, opt_rest = optimizer_state(optimizer)
-    io.save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-    io.write_json(tmp / "optimizer.json", opt_rest)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    io.write_json(
-        run.state, {"step": step, "checkpoint": str(final.relative_to(run.root)), **extra}
-    )
+    tmp = final.with_name(final.name + io.TMP_SUFFIX)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        io.save_tensors(tmp / "weights.safetensors", method.state_dict())
+        fault_point("checkpoint_weights", step)
+        opt_tensors, opt_rest = optimizer_state(optimizer)
+        io.save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        io.write_json(tmp / "optimizer.json", opt_rest)
+        fault_point("checkpoint_tmp", step)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fault_point("checkpoint_renamed", step)
+        io.write_json(
+            run.state, {"step": step, "checkpoint": final.relative_to(run.root).as_posix(), **extra}
+        )
+    except (OSError, OutputError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise OutputError(
+            f"cannot write checkpoint {final}: {reason}; earlier checkpoints are kept "
+            f"({run.state.name} points at the last complete one; --resume continues from it)"
+        ) from err
+    fault_point("checkpoint_pointer", step)
     for old in (run.root / CHECKPOINTS).iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -218,16 +358,16 @@ def optimizer_state(
 
 def load_checkpoint(
     run: RunDir, method: Method, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    state = io.read_json(run.state)
-    ckpt = run.root / state["checkpoint"]
+) -> tuple[dict[str, Any], Path]:
+    """Load state.json's checkpoint into ``method`` and ``optimizer``: (state, its directory)."""
+    state, ckpt = run.checkpoint_state()
     io.load_state_into(method, io.load_tensors(ckpt / "weights.safetensors"), ckpt)
     io.optimizer_from_tensors(
         optimizer,
         io.load_tensors(ckpt / "optimizer.safetensors", check_finite=False),
         io.read_json(ckpt / "optimizer.json"),
     )
-    return state
+    return state, ckpt
 
 
 # ------------------------------------------------------------------ metrics
@@ -261,6 +401,26 @@ class RunningMetrics:
             out["skipped_batches"] = self.skipped
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able sums (float32 values are exact as Python floats), for mid-epoch checkpoints."""
+        return {
+            "sums": {k: v.item() for k, v in self.sums.items()},
+            "count": self.count,
+            "skipped": self.skipped,
+            "correct": float(self.correct),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> RunningMetrics:
+        metrics = cls()
+        metrics.sums = {
+            k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in state["sums"].items()
+        }
+        metrics.count, metrics.skipped = state["count"], state["skipped"]
+        metrics.correct, metrics.seen = state["correct"], state["seen"]
+        return metrics
+
 
 class MetricsLog:
     def __init__(self, path: Path, enabled: bool) -> None:
@@ -269,8 +429,11 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(io.dumps(record) + "\n")
+            try:
+                with self.path.open("a") as f:
+                    f.write(io.dumps(record) + "\n")
+            except OSError as err:
+                raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
 
 
 # ------------------------------------------------------------------ the trainer
@@ -309,12 +472,18 @@ class Trainer:
         )
         method = create_method(cfg.method, model, **cfg.method_args)
         scheme = create_scheme(cfg.at, **cfg.at_args)
+        trainer = cls(cfg, run, data, method, scheme, device, distributed)
+        # batch size vs data and world size, and the augmentation on one image: checked before
+        # any output is written
+        loader = trainer.loader()
+        if loader.augment is not None:
+            loader.augment(data.train.float_images(slice(0, 1)), torch.Generator())
         if distributed.main:
             run.prepare()
         method.to(device)
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
-        return cls(cfg, run, data, method, scheme, device, distributed)
+        return trainer
 
     # -------------------------------------------------------------- helpers
     def loader(self) -> BatchLoader:
@@ -336,18 +505,6 @@ class Trainer:
         budget = self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * steps_per_epoch
         return max(1, budget // self.scheme.replays)
 
-    def run_info(self) -> dict[str, Any]:
-        return {
-            "method": self.cfg.method,
-            "at": self.cfg.at,
-            "model": self.cfg.model,
-            "data": self.cfg.data,
-            "seed": self.cfg.seed,
-            "epochs": self.cfg.epochs,
-            **provenance(),
-            "config": self.cfg.to_dict(),
-        }
-
     def _forward_module(self) -> nn.Module:
         if self.dist.world_size > 1:
             return nn.parallel.DistributedDataParallel(
@@ -358,8 +515,14 @@ class Trainer:
         return self.method
 
     def _check_finite(self, out: dict[str, torch.Tensor], step: int) -> bool:
-        loss = out["loss"]
-        if torch.isfinite(loss).all():
+        """Whether the loss is finite (on every rank: ranks skip or stop together, since a rank
+        that skipped the backward would leave the others waiting in the gradient all-reduce)."""
+        finite = torch.isfinite(out["loss"]).all()
+        if self.dist.world_size > 1:
+            flag = finite.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        if finite:
             return True
         parts = {
             k: v.item()
@@ -367,10 +530,13 @@ class Trainer:
             if k != "logits" and isinstance(v, torch.Tensor) and v.numel() == 1
         }
         bad = [k for k, v in parts.items() if not math.isfinite(v) and k != "loss"] or ["loss"]
-        message = (
-            f"non-finite loss at step {step}: {', '.join(f'{k}={parts.get(k)}' for k in bad)} "
-            f"(all parts: {parts})"
-        )
+        if math.isfinite(parts["loss"]):  # the all-reduce says another rank saw it
+            message = f"non-finite loss at step {step + 1} on another rank (here: {parts})"
+        else:
+            message = (
+                f"non-finite loss at step {step + 1}: "
+                f"{', '.join(f'{k}={parts[k]}' for k in bad)} (all parts: {parts})"
+            )
         if self.cfg.nan_policy == "skip":
             self.console_log(f"[yellow]skipping batch[/]: {message}")
             return False
@@ -389,22 +555,22 @@ class Trainer:
         cfg, run = self.cfg, self.run
         loader = self.loader()
         steps_per_epoch = len(loader)
-        if steps_per_epoch == 0:
-            raise ConfigError(
-                f"batch_size {cfg.batch_size} is larger than the training set "
-                f"({len(self.data.train)} samples); lower it"
-            )
         total = self.total_steps(steps_per_epoch)
         optimizer = build_optimizer(self.method, cfg)
         step = 0
         state: dict[str, Any] = {}
         if resume and run.state.exists():
-            state = load_checkpoint(run, self.method, optimizer)
+            run.check_resume_config(cfg)
+            state, ckpt = load_checkpoint(run, self.method, optimizer)
             step = state["step"]
+            if self.dist.main:
+                run.remove_stale(keep=ckpt)
+                run.truncate_metrics(step)
             self.console_log(f"resumed {run.root} at step {step}/{total}")
         elif self.dist.main:
-            run.metrics.unlink(missing_ok=True)
-            run.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            run.reset()
+            config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            io.atomic_write_bytes(run.config, config_text.encode())
             io.write_json(run.root / "provenance.json", provenance())
         if cfg.compile:
             for module in self.method.compile_targets():
@@ -417,13 +583,19 @@ class Trainer:
             else None
         )
         train_seconds = float(state.get("train_seconds", 0.0))
+        epoch_metrics = state.get("epoch_metrics")  # running averages of a mid-epoch checkpoint
         self.method.train()
 
         with self._progress(total, step) as advance:
             while step < total:
                 epoch, index = divmod(step, steps_per_epoch)
                 batches = loader.batches(epoch, start=index)
-                metrics = RunningMetrics()
+                metrics = (
+                    RunningMetrics.from_state(epoch_metrics, self.device)
+                    if epoch_metrics and index > 0
+                    else RunningMetrics()
+                )
+                epoch_metrics = None
                 epoch_start, epoch_images = time.perf_counter(), 0
                 for x, y in batches:
                     if step >= total:
@@ -468,6 +640,7 @@ class Trainer:
                                     "total_steps": total,
                                     "train_seconds": train_seconds,
                                     "finished": step >= total,
+                                    "epoch_metrics": None if at_epoch_end else metrics.state_dict(),
                                 },
                             )
                         if self.dist.world_size > 1:
@@ -492,12 +665,19 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # Skipping a batch also undoes what its forward did to buffers (BN running statistics).
+        buffers = list(self.method.buffers()) if self.cfg.nan_policy == "skip" else []
+        good = [b.detach().clone() for b in buffers]
         with autocast_context(self.cfg.precision, self.device):
             for out in self.scheme.steps(self.method, x, y, forward=forward):
                 optimizer.zero_grad(set_to_none=True)
                 if not self._check_finite(out, step):
                     metrics.skipped += 1
+                    with torch.no_grad():
+                        for buffer, value in zip(buffers, good, strict=True):
+                            buffer.copy_(value)
                     continue
+                fault_point("step", step + 1, self.dist.rank)
                 if scaler is not None:
                     scaler.scale(out["loss"]).backward()
                     scaler.step(optimizer)
@@ -507,6 +687,7 @@ class Trainer:
                     optimizer.step()
                 self.method.after_step()
                 metrics.add(out, y)
+                good = [b.detach().clone() for b in buffers]
 
     @contextlib.contextmanager
     def _progress(self, total: int, start: int) -> Iterator[Any]:
@@ -550,19 +731,24 @@ class Trainer:
         io.save_tensors(
             run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
         )
+        fault_point("final_weights")
         start = time.perf_counter()
-        if self.data.test.multilabel:  # the attack suite assumes single labels
-            results = evaluate_multilabel(self.method, self.data.test, run=self.run_info())
-        else:
-            results = evaluate(
-                self.method,
-                self.data.test,
-                suite=cfg.eval_suite or "clean",
-                n=cfg.eval_n,
-                run=self.run_info(),
-            )
+        # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
+        # and the many eval shapes/modes do not trigger a recompilation of every node.
+        with torch.compiler.set_stance("force_eager"):
+            if self.data.test.multilabel:  # the attack suite assumes single labels
+                results = evaluate_multilabel(self.method, self.data.test, run=run_info(cfg))
+            else:
+                results = evaluate(
+                    self.method,
+                    self.data.test,
+                    suite=cfg.eval_suite or "clean",
+                    n=cfg.eval_n,
+                    run=run_info(cfg),
+                )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
+        fault_point("eval")
         io.write_json(run.results, results)
         self.console_log(f"clean test accuracy {results['clean']['accuracy']:.4f} -> {run.results}")
         return results

@@ -2,9 +2,23 @@
 
 Written here rather than taken from torchattacks because training-time examples and adaptive
 attacks need things no library offers together: a pluggable per-sample objective (CW margin,
-losses over auxiliary heads), an explicit and always-restored model/BN mode, autocast-friendly
-gradients, restarts that keep each sample's first success, and per-sample early stopping.
+DLR, losses over auxiliary heads), an explicit and always-restored model/BN mode,
+autocast-friendly gradients, restarts that keep each sample's first success, and per-sample
+early stopping that also drops finished samples from the batch (faster evaluation).
 All tensors are images in [0, 1]; eps is in the same pixel units.
+
+Semantics, in one place:
+
+- one run: start at ``x`` (or a uniform random point of the eps-ball), take ``steps`` ascent
+  steps of ``step_size`` (L∞: sign of the gradient; L2: the normalised gradient), projecting
+  onto the eps-ball and the [0, 1] box after every step; the result is the last iterate.
+- ``early_stop``: a sample that is misclassified (targeted: classified as its target) at the
+  start of a step is frozen there, so the result is the first fooling iterate. This never
+  makes an attack weaker (the trajectories agree until the freeze) and skips finished samples.
+- ``restarts``: runs again from fresh random starts on the samples not fooled yet; a sample
+  keeps the first run that fooled it, else the last run's iterate.
+- NaN / inf gradients count as zero (the step is skipped, never a NaN image); the evaluator's
+  gradient checks report them.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 
 Norm = Literal["linf", "l2"]
+NORMS = ("linf", "l2")
 # per-sample loss to maximise, from (logits, labels)
 LogitLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # per-sample loss to maximise, from (x_adv, labels): for losses over auxiliary heads
@@ -47,19 +62,46 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-def cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
-    """Per-sample CW margin (Carlini & Wagner 2017, f6): max_{j != y} z_j - z_y, clipped at kappa
-    from above (kappa=inf: no clipping). Maximising it pushes the best wrong logit over the true one."""
-    logits = logits.float()
+def _true_and_best_other(
+    logits: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return torch.clamp(other - true, max=kappa) if kappa != float("inf") else other - true
+    return true, other
 
 
-LOGIT_LOSSES: dict[str, LogitLoss] = {"ce": ce_loss, "cw": lambda z, y: cw_loss(z, y, 50.0)}
+def cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = float("inf")) -> torch.Tensor:
+    """Per-sample CW margin (Carlini & Wagner 2017, f6): ``max_{j != y} z_j - z_y``, clipped at
+    ``kappa`` from above (``inf``: no clipping). Maximising it pushes the best wrong logit over
+    the true one."""
+    true, other = _true_and_best_other(logits.float(), y)
+    margin = other - true
+    return margin if kappa == float("inf") else margin.clamp(max=kappa)
 
 
-def _resolve_loss(loss: str | LogitLoss) -> LogitLoss:
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample DLR loss (Croce & Hein 2020, Eq. 6): ``-(z_y - max_{j != y} z_j) /
+    (z_pi1 - z_pi3)``, with ``z_pi`` the logits sorted in decreasing order. Invariant to shifting
+    and scaling the logits, so a saturated or rescaled softmax cannot hide its gradient."""
+    logits = logits.float()
+    if logits.shape[1] < 3:
+        raise ConfigError(f"the DLR loss needs >= 3 classes, got {logits.shape[1]}")
+    true, other = _true_and_best_other(logits, y)
+    top = logits.topk(3, dim=1).values
+    return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+# "cw" uses kappa=50 like the CW-PGD evaluations of TRADES / MART / CIFS
+# (their loss is relu(z_y - z_other + 50)).
+LOGIT_LOSSES: dict[str, LogitLoss] = {
+    "ce": ce_loss,
+    "cw": lambda z, y: cw_loss(z, y, 50.0),
+    "dlr": dlr_loss,
+}
+
+
+def resolve_loss(loss: str | LogitLoss) -> LogitLoss:
+    """A named loss (``ce``, ``cw``, ``dlr``) or a callable ``(logits, y) -> per-sample loss``."""
     if callable(loss):
         return loss
     if loss not in LOGIT_LOSSES:
@@ -69,8 +111,16 @@ def _resolve_loss(loss: str | LogitLoss) -> LogitLoss:
     return LOGIT_LOSSES[loss]
 
 
+def _per_sample_shape(t: torch.Tensor) -> tuple[int, ...]:
+    return (-1, *([1] * (t.ndim - 1)))
+
+
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.ndim - 1)))
+    """Per-sample L2 norm, broadcastable against ``t`` (at least float32 precision)."""
+    flat = t.flatten(1)
+    if flat.dtype != torch.float64:
+        flat = flat.float()
+    return flat.norm(dim=1).clamp_min(1e-12).view(_per_sample_shape(t))
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
@@ -78,43 +128,52 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> tor
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
-        delta = delta * torch.clamp(eps / _flat_norm(delta), max=1.0)
+        delta = delta * torch.clamp(eps / _flat_norm(delta), max=1.0).to(delta.dtype)
     return (x + delta).clamp(0.0, 1.0) - x
 
 
 def random_init(
     x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Uniform start in the eps-ball (L2: uniform direction, radius eps * u^(1/d))."""
+    """Uniform start in the eps-ball (L2: uniform direction, radius eps * u^(1/d)), projected
+    into the [0, 1] box."""
+    device = generator.device if generator is not None else x.device
+    shape = x.shape
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+        delta = (torch.rand(shape, generator=generator, device=device) * 2 - 1) * eps
     else:
         d = x[0].numel()
-        delta = torch.randn(x.shape, generator=generator, device=x.device)
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device) ** (1.0 / d) * eps
-        delta = delta / _flat_norm(delta) * radius.view(-1, *([1] * (x.ndim - 1)))
-    return project(delta, x, eps, norm)
+        direction = torch.randn(shape, generator=generator, device=device)
+        radius = torch.rand(shape[0], generator=generator, device=device) ** (1.0 / d) * eps
+        delta = direction / _flat_norm(direction) * radius.view(_per_sample_shape(x))
+    return project(delta.to(device=x.device, dtype=x.dtype), x, eps, norm)
 
 
 def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
     if norm == "linf":
         return step_size * grad.sign()
-    return step_size * grad / _flat_norm(grad)
+    return step_size * grad / _flat_norm(grad).to(grad.dtype)
 
 
 def validate_attack(
     eps: float, steps: int, step_size: float | None, norm: str, restarts: int
 ) -> None:
-    if norm not in ("linf", "l2"):
+    if norm not in NORMS:
         raise ConfigError(f"norm must be linf or l2, got {norm!r}")
-    if not eps >= 0:
-        raise ConfigError(f"eps must be >= 0 (pixel units of [0,1] images), got {eps}")
-    if steps < 1 or restarts < 1:
+    if not eps >= 0 or eps == float("inf"):
+        raise ConfigError(f"eps must be finite and >= 0 (pixel units of [0,1] images), got {eps}")
+    if int(steps) != steps or steps < 1 or int(restarts) != restarts or restarts < 1:
         raise ConfigError(
-            f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}"
+            f"steps and restarts must be integers >= 1, got steps={steps}, restarts={restarts}"
         )
-    if step_size is not None and not step_size > 0:
-        raise ConfigError(f"step_size must be > 0, got {step_size}")
+    if step_size is not None and not (step_size > 0 and step_size != float("inf")):
+        raise ConfigError(f"step_size must be finite and > 0, got {step_size}")
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """eps/4 for multi-step attacks (the PGD-10 training setting of Madry et al. / CIFS);
+    eps for one step."""
+    return eps / 4 if steps > 1 else eps
 
 
 def pgd(
@@ -135,61 +194,107 @@ def pgd(
     mode: str = "eval",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Projected gradient ascent (Madry et al. 2018) on a per-sample loss; returns x_adv (detached).
+    """Projected gradient ascent (Madry et al. 2018) on a per-sample loss; returns x_adv (detached,
+    same dtype as ``x``, in [0, 1], within ``eps`` of ``x`` in ``norm``).
 
-    ``loss`` acts on ``model(x_adv)`` logits; ``objective(x_adv, y)`` replaces it entirely (adaptive
-    attacks over auxiliary heads). ``targeted``: ``y`` are target labels and the loss is minimised.
-    ``early_stop``: a sample stops moving once misclassified (correct, for targeted: hits target).
-    With ``restarts > 1`` each sample keeps the first restart that fools the model (else the last).
-    ``mode``: model mode while crafting ("eval" default, "train" for BN in train mode, "keep").
+    ``loss`` acts on ``model(x_adv)`` logits (``"ce"``, ``"cw"``, ``"dlr"`` or a callable);
+    ``objective(x_adv, y)`` replaces it entirely (adaptive attacks over auxiliary heads; success
+    is still judged on ``model``'s logits). ``targeted``: ``y`` are target labels and the loss
+    is minimised. ``early_stop`` and ``restarts``: see the module docstring. ``step_size``
+    defaults to ``default_step_size(eps, steps)``. ``mode``: model mode while crafting
+    (``"eval"`` default, ``"train"`` for BN in train mode, ``"keep"``); every submodule's mode
+    is restored afterwards. With ``mode="train"``, early stopping masks finished samples instead
+    of dropping them, so BN batch statistics see the whole batch. ``generator`` draws the random
+    starts (reproducible attacks).
     """
     validate_attack(eps, steps, step_size, norm, restarts)
-    if step_size is None:
-        step_size = eps / 4 if steps > 1 else eps
-    loss_fn = _resolve_loss(loss)
-    x = x.detach()
-    if eps == 0:
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
+    loss_fn = resolve_loss(loss)
+    x, y = x.detach(), y.detach()
+    if eps == 0 or x.shape[0] == 0:
         return x.clone()
-    sign = -1.0 if targeted else 1.0
 
-    def fooled(logits: torch.Tensor) -> torch.Tensor:
+    def fooled(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(1)
-        return pred == y if targeted else pred != y
+        return pred == labels if targeted else pred != labels
 
     with model_mode(model, mode):
+        compact = early_stop and not any(m.training for m in model.modules())
         best = x.clone()
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(restarts):
-            delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
-            active = torch.ones_like(done)
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                x_adv = x + delta
-                if objective is not None:
-                    per_sample = objective(x_adv, y)
-                    logits = None
-                else:
-                    logits = model(x_adv)
-                    per_sample = loss_fn(logits, y)
-                (grad,) = torch.autograd.grad(sign * per_sample.float().sum(), delta)
-                delta = delta.detach()
-                if early_stop and logits is not None:
-                    active &= ~fooled(logits.detach())
-                    if not active.any():
-                        break
-                step = _ascent_step(grad, step_size, norm)
-                if early_stop:
-                    step = step * active.view(-1, *([1] * (x.ndim - 1)))
-                delta = project(delta + step, x, eps, norm)
-            x_adv = (x + delta).detach()
+        todo = torch.arange(x.shape[0], device=x.device)  # samples not fooled by any run yet
+        for run in range(restarts):
+            xs, ys = (x, y) if run == 0 else (x[todo], y[todo])
+            x_adv = _run(
+                model,
+                xs,
+                ys,
+                eps=eps,
+                steps=steps,
+                step_size=step_size,
+                norm=norm,
+                loss_fn=loss_fn,
+                objective=objective,
+                sign=-1.0 if targeted else 1.0,
+                random_start=random_start,
+                early_stop=early_stop,
+                compact=compact,
+                fooled=fooled,
+                generator=generator,
+            )
+            best[todo] = x_adv
+            if run == restarts - 1:
+                break
             with torch.no_grad():
-                success = fooled(model(x_adv))
-            take = ~done  # samples not yet fooled take this restart's result
-            best[take] = x_adv[take]
-            done |= success
-            if done.all():
+                todo = todo[~fooled(model(x_adv), ys)]
+            if todo.numel() == 0:
                 break
     return best
+
+
+def _run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: Norm,
+    loss_fn: LogitLoss,
+    objective: Objective | None,
+    sign: float,
+    random_start: bool,
+    early_stop: bool,
+    compact: bool,
+    fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One PGD run from one start; returns x + delta."""
+    delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+    moving = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    everyone = torch.arange(x.shape[0], device=x.device)
+    for _ in range(steps):
+        rows = moving.nonzero().squeeze(1) if compact else everyone
+        d = delta[rows].requires_grad_(True)
+        x_adv = x[rows] + d
+        if objective is not None:
+            value, logits = objective(x_adv, y[rows]), None
+        else:
+            logits = model(x_adv)
+            value = loss_fn(logits, y[rows])
+        (grad,) = torch.autograd.grad(sign * value.float().sum(), d)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if early_stop:
+            if logits is None:
+                with torch.no_grad():
+                    logits = model(x_adv.detach())
+            moving[rows] &= ~fooled(logits.detach(), y[rows])  # fooled samples freeze here
+            if not moving.any():
+                break
+            keep = moving[rows]
+            rows, grad = rows[keep], grad[keep]
+        delta[rows] = project(delta[rows] + _ascent_step(grad, step_size, norm), x[rows], eps, norm)
+    return (x + delta).clamp(0.0, 1.0)
 
 
 def fgsm(
@@ -200,9 +305,12 @@ def fgsm(
     eps: float,
     loss: str | LogitLoss = "ce",
     objective: Objective | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
     mode: str = "eval",
 ) -> torch.Tensor:
-    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x."""
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x
+    (L2: the fast gradient method, one normalised-gradient step of length eps)."""
     return pgd(
         model,
         x,
@@ -210,8 +318,10 @@ def fgsm(
         eps=eps,
         steps=1,
         step_size=eps,
+        norm=norm,
         loss=loss,
         objective=objective,
         random_start=False,
+        targeted=targeted,
         mode=mode,
     )

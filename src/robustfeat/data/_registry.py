@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._registry import Registry
+from ..config import check_option_types
 from ..errors import ConfigError, UnknownNameError
 from .base import ImageDataset
 
@@ -61,6 +62,7 @@ def load_dataset(
     if unknown:
         listing = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
         raise ConfigError(f"unknown option(s) {unknown} for dataset {spec!r}; valid: {listing}")
+    check_option_types(loader, options, f"dataset {spec!r}")
     if path is None:
         return loader(split, root=root, download=download, **options)
     return loader(path, split, root=root, download=download, **options)

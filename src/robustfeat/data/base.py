@@ -25,7 +25,8 @@ class ImageDataset:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+                "images must be uint8 (N, C, H, W), "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
         n = self.images.shape[0]
         if self.labels.shape not in ((n,), (n, self.num_classes)):

@@ -55,19 +55,23 @@ def load_folder(
     progress: bool = True,
 ) -> ImageDataset:
     """An ImageFolder tree on disk (``root``/``download`` are ignored)."""
-    source = Path(path).expanduser().absolute()
+    source = Path(path).expanduser().resolve()
     if not source.exists():
         raise DataError(f"folder:{path}: {source} does not exist")
     if not source.is_dir():
         raise DataError(f"folder:{path}: {source} is not a directory (a zip loads as zip:PATH)")
-    entries = sorted(source.rglob("*"))
-    files = [p.relative_to(source).as_posix() for p in entries if p.is_file()]
-    dirs = {p.relative_to(source).as_posix() for p in entries if p.is_dir()}
-    # Any added, removed, resized or touched file changes the cache key.
-    stats = "".join(
-        f"{f}|{(source / f).stat().st_size}|{(source / f).stat().st_mtime_ns}\n" for f in files
-    )
-    fingerprint = hashlib.sha256(stats.encode()).hexdigest()
+    files: list[str] = []
+    dirs: set[str] = set()
+    stats = hashlib.sha256()  # any added, removed, resized or touched file changes the cache key
+    for entry in sorted(source.rglob("*")):
+        relative = entry.relative_to(source).as_posix()
+        if entry.is_dir():
+            dirs.add(relative)
+        elif entry.is_file():
+            stat = entry.stat()
+            files.append(relative)
+            stats.update(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    fingerprint = stats.hexdigest()
     return _load_tree(
         "folder", source, fingerprint, split, workers, progress, lambda: (files, dirs)
     )
@@ -84,7 +88,7 @@ def load_zip(
     progress: bool = True,
 ) -> ImageDataset:
     """An ImageFolder tree inside a zip file (``root``/``download`` are ignored)."""
-    source = Path(path).expanduser().absolute()
+    source = Path(path).expanduser().resolve()
     if not source.is_file():
         raise DataError(f"zip:{path}: {source} does not exist or is not a file")
 

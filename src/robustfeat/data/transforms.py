@@ -41,6 +41,11 @@ def crop_at(
     if padding == 0:
         return x
     batch, channels, height, width = x.shape
+    if mode == "reflect" and padding >= min(height, width):
+        raise ConfigError(
+            f"reflect padding {padding} needs images larger than {padding} pixels, got "
+            f"{height}x{width}; lower crop_padding or use padding_mode constant or replicate"
+        )
     padded = F.pad(x, (padding,) * 4, mode=mode, value=fill if mode == "constant" else None)
     rows = top.to(x.device)[:, None] + torch.arange(height, device=x.device)
     cols = left.to(x.device)[:, None] + torch.arange(width, device=x.device)

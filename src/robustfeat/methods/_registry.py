@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from .._registry import Registry
-from ..errors import ConfigError
+from ..config import check_options
 from ..models.base import StagedModel
 from ._base import Method
 
@@ -15,15 +14,9 @@ register_method = METHODS.register
 
 
 def check_method_options(name: str, cfg: dict[str, Any]) -> None:
-    """Raise if ``name`` is not a method or ``cfg`` has options it does not take."""
-    cls = METHODS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [p for p in params if p not in {"self", "model"}]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for method {name!r}; valid: {valid}")
+    """Raise if ``name`` is not a method, or ``cfg`` has options it does not take or values of
+    the wrong type (checked against the annotations of its ``__init__``)."""
+    check_options(METHODS.get(name).__init__, cfg, f"method {name!r}", skip=("model",))
 
 
 def create_method(name: str, model: StagedModel, **cfg: Any) -> Method:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._registry import Registry
+from ..config import check_options
 from ..errors import ConfigError, UnknownNameError
 from .base import StagedModel
 
@@ -46,6 +47,7 @@ def create_model(
             factory = MODELS.get(name)
         except UnknownNameError as err:
             raise UnknownNameError(f"{err}; or {TIMM_MODELS_HINT}") from None
+        check_options(factory, kwargs, f"model {name!r}", skip=("num_classes",))
         try:
             model = factory(num_classes=num_classes, **kwargs)
         except TypeError as err:  # unexpected keyword from a recipe or the CLI

@@ -1,4 +1,6 @@
-"""Reusable layers (no training logic): Top-GAP pooling and head, channel selection, ..."""
+"""Reusable layers (no training logic): dual BN, feature slots, Top-GAP pooling and head."""
 
+from .dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
+from .feature_slot import FeatureSlot
 from .fpn_head import FPNHead
 from .topk_pool import TopKPool2d, topk_pool2d

@@ -1,0 +1,112 @@
+"""Rebuild a trained Method from a run directory (config.yaml + weights.safetensors).
+
+Only safetensors weights are read (``robustfeat.io.load_tensors``). The number of classes is
+taken, in order, from the caller, from the weights' metadata, or from the weight shapes (a
+throw-away copy of the method is built with 2 classes and every tensor whose size differs in
+the file gives the class count).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import io
+from .config import TrainConfig, make_config
+from .errors import CheckpointError, ConfigError
+from .methods import Method, create_method
+from .models import create_model
+from .provenance import provenance
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved training config of a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: {run_dir} is not a robustfeat run directory")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a mapping of config keys")
+    return make_config(data)
+
+
+def weights_path(run_dir: str | Path) -> Path:
+    """``weights.safetensors`` (final), else the latest complete checkpoint's weights."""
+    run_dir = Path(run_dir)
+    final = run_dir / "weights.safetensors"
+    if final.is_file():
+        return final
+    if (run_dir / "state.json").is_file():
+        from .train import RunDir  # the checked pointer: it cannot lead outside run_dir
+
+        ckpt = RunDir(run_dir).checkpoint_state()[1] / "weights.safetensors"
+        if ckpt.is_file():
+            return ckpt
+    raise CheckpointError(f"no weights in {run_dir}: neither weights.safetensors nor a checkpoint")
+
+
+def _build(cfg: TrainConfig, num_classes: int) -> Method:
+    model = create_model(cfg.model, num_classes, **cfg.model_args)
+    return create_method(cfg.method, model, **cfg.method_args)
+
+
+def infer_num_classes(cfg: TrainConfig, tensors: dict[str, torch.Tensor]) -> int:
+    """The class count the weights were trained with (see the module docstring)."""
+    probe = _build(cfg, 2).state_dict()
+    votes: Counter[int] = Counter()
+    for key, own in probe.items():
+        theirs = tensors.get(key)
+        if theirs is None or theirs.ndim != own.ndim or tuple(theirs.shape) == tuple(own.shape):
+            continue
+        votes.update(t for o, t in zip(own.shape, theirs.shape, strict=True) if o == 2 and t != 2)
+    return votes.most_common(1)[0][0] if votes else 2
+
+
+def load_run(
+    run_dir: str | Path, num_classes: int | None = None, device: str | torch.device = "cpu"
+) -> Method:
+    """The trained Method of ``run_dir`` (model + method rebuilt from config.yaml, weights loaded),
+    on ``device``, in eval mode."""
+    cfg = read_run_config(run_dir)
+    path = weights_path(run_dir)
+    tensors = io.load_tensors(path)
+    if num_classes is None:
+        meta = _metadata(path)
+        num_classes = (
+            int(meta["num_classes"]) if "num_classes" in meta else infer_num_classes(cfg, tensors)
+        )
+    try:
+        method = _build(cfg, num_classes)
+    except TypeError as err:
+        raise ConfigError(f"cannot rebuild the method of {run_dir}: {err}") from err
+    io.load_state_into(method, tensors, path)
+    return method.to(device).eval()
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def run_info(cfg: TrainConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """The ``run`` block of results.json for an evaluated run."""
+    return {
+        "method": cfg.method,
+        "at": cfg.at,
+        "model": cfg.model,
+        "data": cfg.data,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        **provenance(),
+        "config": cfg.to_dict(),
+        **({"run_dir": str(run_dir)} if run_dir is not None else {}),
+    }

@@ -1,0 +1,74 @@
+"""`robustfeat eval RUN_DIR --suite ...`: results.json from a run directory, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+
+from robustfeat import io
+from robustfeat.cli import main
+from robustfeat.config import make_config
+from robustfeat.methods import create_method
+from robustfeat.models import create_model
+
+
+def make_run(tmp_path, **data_args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    options = {"n_train": 64, "n_test": 40, **data_args}
+    cfg = make_config({"model": "test_cnn", "method": "ce", "data": "shapes", "data_args": options})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    torch.manual_seed(0)
+    method = create_method("ce", create_model("test_cnn", 10))
+    io.save_tensors(tmp_path / "weights.safetensors", method.state_dict())
+    return tmp_path
+
+
+def test_eval_writes_results(tmp_path, capsys):
+    run = make_run(tmp_path)
+    code = main(
+        ["eval", str(run), "--suite", "quick", "--n", "12", "--no-progress", "--device", "cpu"]
+    )
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["schema"] == "robustfeat.results/1" and results["suite"] == "quick"
+    assert results["run"]["method"] == "ce" and results["run"]["model"] == "test_cnn"
+    assert results["run"]["run_dir"] == str(run) and results["run"]["git_sha"]
+    assert results["clean"]["n"] == 40
+    assert [a["label"] for a in results["attacks"]] == ["fgsm", "pgd10"]
+    assert all(a["n"] == 12 for a in results["attacks"])
+    assert "worst case" in capsys.readouterr().out
+
+
+def test_eval_out_file_and_spurious_shift(tmp_path):
+    run = make_run(tmp_path / "run", spurious_p=0.9)
+    out = tmp_path / "elsewhere.json"
+    code = main(
+        [
+            "eval",
+            str(run),
+            "--suite",
+            "clean",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0 and not (run / "results.json").exists()
+    shift = json.loads(out.read_text())["shift"]
+    assert (
+        shift["spurious_train_distribution"]["n"] == 40
+    )  # biased fresh images vs the unbiased test set
+
+
+def test_eval_errors_are_one_line(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--no-progress"]) == 2
+    assert "not a robustfeat run directory" in capsys.readouterr().err
+    run = make_run(tmp_path)
+    assert main(["eval", str(run), "--suite", "nope", "--no-progress"]) == 2
+    assert "unknown evaluation suite 'nope'" in capsys.readouterr().err
+    assert main(["eval", str(run), "--shift", "bad", "--no-progress"]) == 2
+    assert "NAME=SPEC" in capsys.readouterr().err
