@@ -1,8 +1,13 @@
-"""Why Top-GAP with the L1 penalty summed over the map diverges at the cpu recipe's lr, and what
-keeps it stable.
+"""Why Top-GAP diverges at the cpu recipe's learning rate, and what keeps it stable: the L1
+penalty summed over the map (a scale problem), and the paper head itself at lr >= ~0.07 (an
+optimisation problem of its two unnormalised linear layers, with or without L1).
 
     PYTHONPATH=src python benchmarks/topgap_stability.py [--steps 60] [--batch 128]
-        [--configs sum-lam1 sum-lam0.05 mean-lam1 ...]
+        [--configs sum-lam1 sum-lam0.05 mean-lam1 ...] [--schedule-steps 3900]
+
+Configurations use one learning rate for everything (head_lr=1) unless they set head_lr.
+Committed results: topgap_stability.json (cpu recipe schedule, L1 configurations) and
+topgap_stability_fast_warmup.json (``--schedule-steps 200``: head and head_lr configurations).
 
 For each configuration (Top-GAP options + precision) on real CIFAR-10 batches with ResNet-20:
 
@@ -14,7 +19,8 @@ For each configuration (Top-GAP options + precision) on real CIFAR-10 batches wi
    of a 200-step run, which reaches lr 0.2 at step 30), logging per step the loss parts, max |X|,
    the class conv's weight norm and bias, the gradient norm, and the first non-finite step.
 
-Writes benchmarks/results/topgap_stability.json (config, per-step logs, machine, git SHA).
+Writes ``--out`` (default benchmarks/results/topgap_stability.json): config, per-step logs,
+machine, git SHA.
 """
 
 from __future__ import annotations
