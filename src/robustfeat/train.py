@@ -49,6 +49,7 @@ from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
 from .evaluate import evaluate
 from .methods import Method, create_method
 from .models import create_model
+from .multilabel import evaluate_multilabel
 from .provenance import provenance
 from .runs import run_info
 
@@ -744,13 +745,16 @@ class Trainer:
         # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
         # and the many eval shapes/modes do not trigger a recompilation of every node.
         with torch.compiler.set_stance("force_eager"):
-            results = evaluate(
-                self.method,
-                self.data.test,
-                suite=cfg.eval_suite or "clean",
-                n=cfg.eval_n,
-                run=run_info(cfg),
-            )
+            if self.data.test.multilabel:  # the attack suite assumes single labels
+                results = evaluate_multilabel(self.method, self.data.test, run=run_info(cfg))
+            else:
+                results = evaluate(
+                    self.method,
+                    self.data.test,
+                    suite=cfg.eval_suite or "clean",
+                    n=cfg.eval_n,
+                    run=run_info(cfg),
+                )
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         fault_point("eval")

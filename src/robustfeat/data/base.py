@@ -14,7 +14,7 @@ import torch
 @dataclass
 class ImageDataset:
     images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,), possibly noisy (see clean_labels)
+    labels: torch.Tensor  # int64 (N,), possibly noisy (see clean_labels); multi-label: (N, C) 0/1
     num_classes: int
     class_names: list[str]
     name: str = ""
@@ -28,14 +28,21 @@ class ImageDataset:
                 "images must be uint8 (N, C, H, W), "
                 f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError("labels must have one entry per image")
+        n = self.images.shape[0]
+        if self.labels.shape not in ((n,), (n, self.num_classes)):
+            raise ValueError("labels must be (N,) class indices or (N, num_classes) multi-hot rows")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index].float().div_(255), int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        label = self.labels[index]
+        return self.images[index].float().div_(255), label if self.multilabel else int(label)
+
+    @property
+    def multilabel(self) -> bool:
+        """Labels are multi-hot rows (N, C) (e.g. the mosaic) rather than class indices."""
+        return self.labels.ndim == 2
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -127,6 +127,12 @@ def prepare_data(
             f"{spec}: train and test disagree ({train.num_classes} vs {test.num_classes} classes, "
             f"images {train.image_shape} vs {test.image_shape})"
         )
+    check(
+        not train.multilabel
+        or (val_fraction == 0 and samples_per_class is None and not label_noise),
+        f"{spec} has multi-label targets: val_fraction, samples_per_class and label_noise "
+        "(per-class operations on single labels) are not supported for it",
+    )
     val = None
     if val_fraction > 0:
         kept, held_out = stratified_split(train.labels, val_fraction, make_generator(seed, "val"))

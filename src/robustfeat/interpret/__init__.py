@@ -1,1 +1,3 @@
-"""Interpretation tools (activation analyses, CAMs, metrics); import from the submodules."""
+"""Interpretation tools, imported from the submodules: class activation maps (cam), CAM quality
+metrics (metrics), effective receptive fields (erf), pictures (plots), CIFS's channel-activation
+analysis (channels)."""

@@ -1,5 +1,7 @@
-"""Reusable layers (no training logic)."""
+"""Reusable layers (no training logic): dual BN, feature slots, Top-GAP pooling and head."""
 
 from .channel_select import ActivationSuppress, ChannelSelect
 from .dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
 from .feature_slot import FeatureSlot
+from .fpn_head import FPNHead
+from .topk_pool import TopKPool2d, topk_pool2d
