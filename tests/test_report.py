@@ -39,8 +39,10 @@ def attack(
     kind: str = "standard",
     restarts: int | None = 1,
     n: int = 100,
+    topk: tuple[float, float] | None = None,
+    per_class: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """An attack entry as ``Evaluation.attack`` writes it."""
+    """An attack entry as ``Evaluation.attack`` writes it (``topk``: its top-2 / top-3)."""
     entry = {
         "label": label,
         "name": name,
@@ -56,6 +58,10 @@ def attack(
     }
     if name != "fgsm" and restarts is not None:
         entry.update(restarts=restarts, random_start=True, early_stop=True)
+    if topk is not None:
+        entry["topk"] = {"1": accuracy, "2": topk[0], "3": topk[1]}
+    if per_class is not None:
+        entry["per_class"] = per_class
     if kind == "adaptive":
         entry["template"] = label.split("[")[0]
         entry["loss"] = f"adaptive:{label.split('[')[1][:-1]}"
@@ -207,7 +213,7 @@ def test_parse_eps():
 def test_default_spec_holds_the_papers_tables_as_transcribed():
     spec = load_spec()
     tables = {t.id: t for t in spec.tables}
-    assert list(tables) == ["tenet", "hnc", "cifs", "topgap", "alfa"]
+    assert list(tables) == ["tenet", "hnc", "cifs", "cifs_topk", "topgap", "alfa"]
     tenet = tables["tenet"]
     assert [c.label for c in tenet.columns] == [
         "Clean err.",
@@ -220,6 +226,8 @@ def test_default_spec_holds_the_papers_tables_as_transcribed():
     assert tenet.row("Baseline [31]").paper["pgd100"] is None  # "-" in the paper
     assert tables["hnc"].row("HNC_kd").paper["fgsm005"].value == 29.80
     assert tables["cifs"].row("CIFS").paper["pgd100"].value == 48.70
+    assert tables["cifs"].row("CIFS").paper["time"].value == 172
+    assert tables["cifs_topk"].row("AT ResNet-18").paper["pgd2"].value == 71.71
     assert tables["topgap"].paper_scale == 100  # fractions in the paper
     assert tables["topgap"].row("Top-GAP (ours, PRN18)").paper["apgd"].approx
     alfa = tables["alfa"]
@@ -249,15 +257,21 @@ DEFAULT_ROWS = {
     "ce+fgsm_rs": {
         "tenet": "A.T. [24]",
         "cifs": "Vanilla",
+        "cifs_topk": "AT ResNet-18",
         "topgap": "FGSM-AT (PRN18)",
         "alfa": "Adversarial training",
     },
-    "ce+free_at": {"tenet": "A.T. [24]", "cifs": "Vanilla", "alfa": "Adversarial training"},
+    "ce+free_at": {
+        "tenet": "A.T. [24]",
+        "cifs": "Vanilla",
+        "cifs_topk": "AT ResNet-18",
+        "alfa": "Adversarial training",
+    },
     "tenet+free_at": {"tenet": "TENET (A.T.)"},
     "hnc_mse": {"hnc": "HNC_mse"},
     "hnc_kd": {"hnc": "HNC_kd"},
     "topgap_k4": {"topgap": "Top-GAP (ours, PRN18)"},
-    "cifs+fgsm_rs": {"cifs": "CIFS"},
+    "cifs+fgsm_rs": {"cifs": "CIFS", "cifs_topk": "CIFS (not in the paper's table)"},
     "cas+free_at": {"cifs": "CAS"},
     "alfa": {"alfa": "ALFA"},
     "lalfa": {"alfa": "L-ALFA"},
@@ -321,6 +335,24 @@ def test_attack_metric_is_the_worst_over_matching_standard_and_adaptive_entries(
     # FGSM entries record no restarts: treated as 1
     assert measure(run, Metric("attack", {"name": "fgsm", "restarts": 1})) == 0.60
     assert measure(run, Metric("attack", {"name": "pgd", "eps": 4 / 255})) is None
+    # top-k under attack: the worst matching entry's top-k; entries without top-k are skipped
+    topk = Run(
+        Path("r.json"),
+        "cpu",
+        "ce+fgsm_rs",
+        0,
+        results(
+            0.8,
+            attacks=[
+                attack("pgd20", "pgd", 0.5, topk=(0.7, 0.8)),
+                attack("pgd20[a]", "pgd", 0.45, kind="adaptive", topk=(0.75, 0.78)),
+                attack("pgd20[b]", "pgd", 0.44, kind="adaptive"),
+            ],
+        ),
+    )
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=2)) == 0.7
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=3)) == 0.78
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=1)) == 0.44
     assert measure(run, Metric("clean_error")) == pytest.approx(0.2)
     assert measure(run, Metric("train_s_per_epoch")) == pytest.approx(10.0)  # 100 s / 10 epochs
 
@@ -376,7 +408,15 @@ def tree(tmp_path) -> Path:
                     at=at,
                     seed=seed,
                     sha=f"sha{seed}",
-                    attacks=[attack("pgd20", "pgd", 0.40 + 0.01 * seed, steps=20)],
+                    attacks=[
+                        attack(
+                            "pgd20",
+                            "pgd",
+                            0.40 + 0.01 * seed,
+                            steps=20,
+                            per_class={"cat": 0.2, "dog": 0.3 + 0.01 * seed, "frog": None},
+                        )
+                    ],
                 ),
             )
     return root
@@ -569,7 +609,7 @@ def test_provenance_warns_about_mixed_shas(tree):
 # ------------------------------------------------------------------ figures
 def test_plots_appear_only_with_their_data(tree):
     groups = groups_of(tree)
-    assert {p.id for p in make_plots(groups)} == {"eps", "severity", "cost"}
+    assert {p.id for p in make_plots(groups)} == {"eps", "severity", "cost", "per_class"}
     eta = [
         {
             "epoch": e,
@@ -583,7 +623,7 @@ def test_plots_appear_only_with_their_data(tree):
     ]
     write_run(tree, "cpu", "lalfa", 0, results(0.85, method="lalfa"), epochs=eta)
     plots = {p.id: p for p in make_plots(groups_of(tree))}
-    assert set(plots) == {"eps", "severity", "cost", "training", "eta"}
+    assert set(plots) == {"eps", "severity", "cost", "per_class", "training", "eta"}
     assert all(p.png.startswith(b"\x89PNG\r\n\x1a\n") for p in plots.values())
 
 

@@ -15,11 +15,13 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from .collect import CellGroup, Run
 from .stats import Stat, summarize
 
 Series = dict[float, list[float]]  # x -> the seeds' y values
+EPS_TICKS = (0.5, 1, 2, 4, 8, 16, 32, 64, 127.5)  # 127.5: the sweep's LARGE_EPS = 0.5
 
 
 @dataclass
@@ -63,8 +65,10 @@ def add_point(series: Series, x: Any, y: Any) -> None:
         series.setdefault(float(x), []).append(float(y))
 
 
-def new_figure(n_axes: int, height: float = 3.2) -> tuple[Figure, list[Axes]]:
-    fig = Figure(figsize=(min(4.6 * n_axes, 14), height))
+def new_figure(
+    n_axes: int, height: float = 3.2, width: float | None = None
+) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width or min(4.6 * n_axes, 14), height))
     axes = [fig.add_subplot(1, n_axes, i + 1) for i in range(n_axes)]
     return fig, axes
 
@@ -111,11 +115,15 @@ def eps_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
                 _merge(panels.setdefault(title, {}), group.key, series)
     if not panels:
         return None
+    xs = {t: [x for series in by_cell.values() for x in series] for t, by_cell in panels.items()}
     fig, axes = new_figure(len(panels))
     for ax, (title, by_cell) in zip(axes, panels.items(), strict=True):
         for key, series in by_cell.items():
             draw_series(ax, series, key, palette[key])
         ax.set_xscale("log")
+        ticks = [t for t in EPS_TICKS if min(xs[title]) <= t <= max(xs[title])]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("ε (×1/255)")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
@@ -260,6 +268,58 @@ def eta_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
     return finish(fig, axes)
 
 
+# ------------------------------------------------------------------ per-class robustness
+def _per_class(run: Run, label: str) -> dict[str, float]:
+    for entry in run.results.get("attacks") or []:
+        if isinstance(entry, dict) and entry.get("label") == label:
+            per_class = entry.get("per_class")
+            if isinstance(per_class, dict):
+                return {k: v for k, v in per_class.items() if isinstance(v, (int, float))}
+    return {}
+
+
+def per_class_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
+    """Per-class robust accuracy under PGD-20 (else the first attack with per-class numbers)."""
+    labels: dict[str, None] = {}
+    for group in groups:
+        for run in group.runs:
+            for entry in run.results.get("attacks") or []:
+                if (
+                    isinstance(entry, dict)
+                    and entry.get("kind") != "adaptive"
+                    and isinstance(entry.get("per_class"), dict)
+                ):
+                    labels.setdefault(str(entry.get("label")), None)
+    if not labels:
+        return None
+    label = "pgd20" if "pgd20" in labels else next(iter(labels))
+    by_cell: dict[str, dict[str, list[float]]] = {}
+    for group in groups:
+        for run in group.runs:
+            for cls, acc in _per_class(run, label).items():
+                by_cell.setdefault(group.key, {}).setdefault(cls, []).append(acc)
+    classes = list(dict.fromkeys(c for per in by_cell.values() for c in per))
+    fig, axes = new_figure(1, height=3.4, width=min(3 + 0.5 * len(classes) * len(by_cell), 14))
+    ax = axes[0]
+    width = 0.8 / len(by_cell)
+    for i, (key, per) in enumerate(by_cell.items()):
+        stats = [summarize(per.get(c, [])) for c in classes]
+        xs = [j + (i - (len(by_cell) - 1) / 2) * width for j in range(len(classes))]
+        ax.bar(
+            xs,
+            [s.mean if s else 0 for s in stats],
+            width,
+            yerr=[s.std or 0 if s else 0 for s in stats],
+            color=palette[key],
+            label=key,
+            capsize=1.5,
+        )
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"robust accuracy ({label})")
+    ax.set_ylim(0, 1)
+    return finish(fig, axes)
+
+
 FIGURES: tuple[tuple[str, str, str, Callable[..., bytes | None]], ...] = (
     (
         "eps",
@@ -287,6 +347,14 @@ FIGURES: tuple[tuple[str, str, str, Callable[..., bytes | None]], ...] = (
         "Accuracy vs training time (the cost of robustness)",
         "Clean and worst-case accuracy against total training time on this (shared) machine.",
         cost_plot,
+    ),
+    (
+        "per_class",
+        "Per-class robust accuracy",
+        "Robust accuracy of each class under the suite's PGD-20, else its first attack with "
+        "per-class numbers (CIFS, Fig. A.1: adversarial training leaves some classes, e.g. cat, "
+        "far less robust).",
+        per_class_plot,
     ),
     (
         "eta",

@@ -39,7 +39,7 @@ class Metric:
     kind: str
     match: dict[str, Any] = field(default_factory=dict)
     error: bool = False  # show 1 - accuracy
-    k: int = 1  # topk
+    k: int = 1  # topk (clean or under the attack)
     ratio_to_reference: bool = False
 
     @property
@@ -285,6 +285,14 @@ def train_seconds_per_epoch(run: Run) -> float | None:
     return float(seconds) / epochs
 
 
+def _topk(entry: dict[str, Any], k: int) -> float | None:
+    """An attack entry's top-k accuracy (top-1: its accuracy)."""
+    if k == 1:
+        return float(entry["accuracy"])
+    topk = entry.get("topk") if isinstance(entry.get("topk"), dict) else {}
+    return _number(topk.get(str(k)))
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -303,8 +311,9 @@ def measure(run: Run, metric: Metric) -> float | None:
         topk = clean.get("topk") if isinstance(clean.get("topk"), dict) else {}
         value = _number(topk.get(str(metric.k)))
     elif metric.kind == "attack":
-        found = matching_attacks(r, metric.match)
-        value = min(float(a["accuracy"]) for a in found) if found else None
+        found = [_topk(a, metric.k) for a in matching_attacks(r, metric.match)]
+        found = [v for v in found if v is not None]
+        value = min(found) if found else None
     elif metric.kind == "mce":
         corruptions = r.get("corruptions") if isinstance(r.get("corruptions"), dict) else {}
         value = _number(corruptions.get("mce"))

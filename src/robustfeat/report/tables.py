@@ -87,7 +87,14 @@ def our_setting(groups: Iterable[CellGroup]) -> str:
             data = Path(data.split(":", 1)[-1]).name if ":" in data else data
             epochs = info.get("epochs", "?")
             suite = run.results.get("suite", "?")
-            settings[f"{info.get('model', '?')} on {data}, {epochs} epochs, suite {suite}"] += 1
+            labels = (
+                ", robust = prediction unchanged"
+                if run.results.get("labels") == "predicted"
+                else ""
+            )
+            settings[
+                f"{info.get('model', '?')} on {data}, {epochs} epochs, suite {suite}{labels}"
+            ] += 1
     return "; ".join(f"{s} ({n} runs)" for s, n in settings.most_common()) or "no runs"
 
 
