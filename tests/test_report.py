@@ -469,6 +469,17 @@ def test_cells_are_compared_within_their_at_scheme(tree):
     assert row["Natural: paper"] == "83.86"
 
 
+def test_cells_are_compared_within_their_recipe(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        write_run(root, "cpu", "ce", seed, results(0.5 + 0.01 * seed))
+        write_run(root, "demo", "ce", seed, results(0.9 + 0.01 * seed))
+        write_run(root, "cpu", "tenet", seed, results(0.6 + 0.01 * seed, method="tenet"))
+    table = paper_table(load_spec().tables[0], groups_of(root))
+    assert [r[1] for r in table.rows if r[0] == "Baseline [31]"] == ["cpu/ce", "demo/ce"]
+    assert row_for(table, "TENET")["Clean err.: ours"] == "39.50 ± 0.71 ▲"  # vs cpu/ce only
+
+
 def test_single_seed_cells_are_never_called_improvements(tmp_path):
     root = tmp_path / "r"
     write_run(root, "cpu", "ce", 0, results(0.5))
@@ -585,9 +596,20 @@ def test_overhead_table_puts_measured_beside_flops_and_goal():
     assert ["grouping_time_vs_channels.64", "0.01"] in tables["perf_other"].rows
 
 
-def test_perf_with_only_a_schema_renders():
+def test_perf_with_only_a_schema_or_odd_values_renders():
     tables = perf_tables({"schema": "robustfeat.perf/1"}, load_yaml_goals())
     assert [t.id for t in tables] == ["overhead"] and tables[0].rows == []
+    odd = {
+        "schema": "robustfeat.perf/1",
+        "step_time_ratio_vs_ce": [1.1, 1.2],
+        "trainer_vs_bare_loop": {"median": 0.9, "repeats": 5},
+        "peak_rss_mb": None,
+    }
+    tables = {t.id: t for t in perf_tables(odd, load_yaml_goals())}
+    assert tables["overhead"].rows == []
+    assert row_for(tables["throughput"], "trainer_vs_bare_loop")["Meets goal"] == "no"
+    assert ["step_time_ratio_vs_ce", "[1.1,1.2]"] in tables["perf_other"].rows
+    assert ["peak_rss_mb", "None"] in tables["perf_other"].rows
 
 
 def load_yaml_goals() -> dict:

@@ -59,10 +59,12 @@ def format_measured(stat: Stat | None, metric: Metric) -> str:
 
 
 def reference_group(candidates: list[CellGroup], group: CellGroup) -> CellGroup | None:
-    """The reference cell for ``group``: the one candidate trained with the same AT scheme
-    (cells under different schemes are never compared)."""
-    same_at = [g for g in candidates if g.at == group.at and g is not group]
-    return same_at[0] if len(same_at) == 1 else None
+    """The reference cell for ``group``: the one candidate of the same recipe trained with the
+    same AT scheme (cells under different schemes or recipes are never compared)."""
+    same = [
+        g for g in candidates if g.at == group.at and g.recipe == group.recipe and g is not group
+    ]
+    return same[0] if len(same) == 1 else None
 
 
 def with_marker(text: str, stat: Stat | None, ref: Stat | None, metric: Metric) -> str:
@@ -372,10 +374,14 @@ def _fmt(value: float | None, suffix: str = "×") -> str:
     return "–" if value is None else f"{value:.2f}{suffix}"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
-    vs_ce = perf.get("step_time_ratio_vs_ce") or {}
-    flops = perf.get("flop_ratio_vs_ce") or {}
-    vs_at = perf.get("step_time_ratio_vs_at") or {}
+    vs_ce = _mapping(perf.get("step_time_ratio_vs_ce"))
+    flops = _mapping(perf.get("flop_ratio_vs_ce"))
+    vs_at = _mapping(perf.get("step_time_ratio_vs_at"))
     slack = float(goals.get("flop_slack", 1.10))
     ce_goals = goals.get("step_time_ratio_vs_ce") or {}
     at_goals = goals.get("step_time_ratio_vs_at") or {}
@@ -454,7 +460,11 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 def perf_tables(perf: dict[str, Any], goals: dict[str, Any]) -> list[Table]:
     tables = [overhead_table(perf, goals)]
-    other = {k: v for k, v in perf.items() if k not in PERF_HANDLED}
+    other = {
+        k: v
+        for k, v in perf.items()
+        if k not in PERF_HANDLED or (k not in ("schema", "machine") and not isinstance(v, dict))
+    }
     goal_rows = []
     for key in list(other):
         if key in goals and _ratio(other[key]) is not None:
