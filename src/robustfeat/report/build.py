@@ -88,7 +88,10 @@ def load_yaml_any(path: Path) -> Any:
 
 # ------------------------------------------------------------------ the report
 def scale_note(groups: list[CellGroup], spec: Spec) -> str:
-    papers = "; ".join(f"{t.title.split(',')[0]}: {t.paper_setting}" for t in spec.tables)
+    settings: dict[str, str] = {}
+    for table in spec.tables:  # one setting per paper: that of its first table
+        settings.setdefault(table.title.split(",")[0], table.paper_setting)
+    papers = "; ".join(f"{paper}: {setting}" for paper, setting in settings.items())
     return (
         f"Scale: every number of ours comes from {our_setting(groups)}. The papers train larger "
         f"networks for far longer on GPUs, some on other data ({papers}). Our values sit beside "

@@ -16,6 +16,7 @@ from .tables import Table
 
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
+NUMERIC_START = set("0123456789–-≈")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -26,7 +27,7 @@ h3 { font-size: 1.05em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: .82em; margin: .4em 0; }
 th, td { border: 1px solid #d0d0d0; padding: .25em .5em; text-align: right; white-space: nowrap; }
 th { background: #f3f3f6; } th[colspan] { text-align: center; }
-td:nth-child(-n+2), th:nth-child(-n+2) { text-align: left; }
+td:nth-child(-n+2), th:nth-child(-n+2), td.t { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 ul.notes { font-size: .8em; color: #555; margin-top: .2em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -88,6 +89,12 @@ def esc(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
+def td(text: str) -> str:
+    """A cell; numbers (and their '–' / '≈' forms) right-aligned, words left-aligned."""
+    numeric = str(text)[:1] in NUMERIC_START
+    return f"<td>{esc(text)}</td>" if numeric else f'<td class="t">{esc(text)}</td>'
+
+
 def table_html(table: Table) -> str:
     out = [f'<h3 id="{esc(table.id)}">{esc(table.title)}</h3>']
     if table.rows:
@@ -95,9 +102,7 @@ def table_html(table: Table) -> str:
         if table.groups:
             spans = "".join(f'<th colspan="{n}">{esc(label)}</th>' for label, n in table.groups)
             head = f"{spans}</tr><tr>{head}"
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table.rows
-        )
+        body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in table.rows)
         out.append(
             f'<div class="scroll"><table data-table="{esc(table.id)}"><thead><tr>{head}</tr>'
             f"</thead><tbody>{body}</tbody></table></div>"
