@@ -79,24 +79,21 @@ def seeds_text(group: CellGroup) -> str:
     return f"{len(group.runs)} ({listed})"
 
 
+def run_setting(run: Run) -> str:
+    """``model on data, N epochs, suite S`` of one run (from its results)."""
+    info = run.info
+    data = str(info.get("data", "?"))
+    data = Path(data.split(":", 1)[-1]).name if ":" in data else data
+    text = f"{info.get('model', '?')} on {data}, {info.get('epochs', '?')} epochs"
+    text += f", suite {run.results.get('suite', '?')}"
+    if run.results.get("labels") == "predicted":
+        text += ", robust = prediction unchanged"
+    return text
+
+
 def our_setting(groups: Iterable[CellGroup]) -> str:
-    """What our runs were: model, data, epochs and evaluation suite(s), from the results."""
-    settings: Counter[str] = Counter()
-    for group in groups:
-        for run in group.runs:
-            info = run.info
-            data = str(info.get("data", "?"))
-            data = Path(data.split(":", 1)[-1]).name if ":" in data else data
-            epochs = info.get("epochs", "?")
-            suite = run.results.get("suite", "?")
-            labels = (
-                ", robust = prediction unchanged"
-                if run.results.get("labels") == "predicted"
-                else ""
-            )
-            settings[
-                f"{info.get('model', '?')} on {data}, {epochs} epochs, suite {suite}{labels}"
-            ] += 1
+    """What our runs were (model, data, epochs, evaluation suite), with run counts."""
+    settings = Counter(run_setting(run) for group in groups for run in group.runs)
     return "; ".join(f"{s} ({n} runs)" for s, n in settings.most_common()) or "no runs"
 
 
@@ -137,12 +134,12 @@ def paper_table(table: PaperTable, groups: list[CellGroup]) -> Table:
     """The paper's table layout: its rows and columns, our cells beside its values."""
     by_row = assign_rows(table, groups)
     lead = ["Paper row", "Our cell", "Seeds"]
-    header, short, groups = list(lead), list(lead), [("", len(lead))]
+    header, short, spans = list(lead), list(lead), [("", len(lead))]
     for col in table.columns:
         header.append(f"{col.label}: ours")
         header += [f"{col.label}: {sub.label}" for sub in col.paper]
         short += ["ours", *[sub.label for sub in col.paper]]
-        groups.append((col.label, 1 + len(col.paper)))
+        spans.append((col.label, 1 + len(col.paper)))
     value_notes: list[str] = []
     rows = []
     for row in table.rows:
@@ -171,7 +168,7 @@ def paper_table(table: PaperTable, groups: list[CellGroup]) -> Table:
         *_attack_notes(table, _flatten(by_row)),
         *[f"({i}) {note}" for i, note in enumerate(value_notes, 1)],
     ]
-    return Table(table.id, table.title, header, rows, notes, groups, short)
+    return Table(table.id, table.title, header, rows, notes, spans, short)
 
 
 def _flatten(by_row: dict[str, list[CellGroup]]) -> list[CellGroup]:
