@@ -15,7 +15,7 @@ from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
 from robustfeat.report.build import build
 from robustfeat.report.collect import CellGroup, Run, collect, group
-from robustfeat.report.plots import make_plots
+from robustfeat.report.plots import epoch_series, eta_keys, make_plots
 from robustfeat.report.spec import Metric, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
@@ -638,8 +638,7 @@ def test_plots_appear_only_with_their_data(tree):
             "train_seconds": 10.0 * e,
             "loss": 2.0 / e,
             "train_acc": 0.1 * e,
-            "eta_stage2": 0.1 * e,
-            "eta_stage3": 0.3,
+            "eta": {"stage2": 0.1 * e, "stage3": 0.3},  # as L-ALFA's epoch_log() writes it
         }
         for e in (1, 2, 3)
     ]
@@ -647,6 +646,9 @@ def test_plots_appear_only_with_their_data(tree):
     plots = {p.id: p for p in make_plots(groups_of(tree))}
     assert set(plots) == {"eps", "severity", "cost", "per_class", "training", "eta"}
     assert all(p.png.startswith(b"\x89PNG\r\n\x1a\n") for p in plots.values())
+    lalfa = next(g for g in groups_of(tree) if g.cell == "lalfa")
+    assert eta_keys(lalfa) == ["eta/stage2", "eta/stage3"]
+    assert epoch_series(lalfa, "eta/stage2") == {1.0: [0.1], 2.0: [0.2], 3.0: [0.1 * 3]}
 
 
 # ------------------------------------------------------------------ README markers

@@ -98,8 +98,20 @@ def read_epoch_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and "epoch" in record and "train_seconds" in record:
-            records.append(record)
+            records.append(flatten_record(record))
     return records
+
+
+def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Nested per-epoch values one level deep as ``key/sub`` (L-ALFA logs
+    ``"eta": {site: value}``)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update({f"{key}/{sub}": v for sub, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def read_config(path: Path) -> dict[str, Any]:

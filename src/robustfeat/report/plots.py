@@ -359,7 +359,8 @@ FIGURES: tuple[tuple[str, str, str, Callable[..., bytes | None]], ...] = (
     (
         "eta",
         "L-ALFA η over epochs",
-        "The learned perturbation magnitudes η per perturbed layer (metrics.jsonl eta* keys).",
+        "The learned perturbation magnitude η of each perturbed site per epoch (metrics.jsonl "
+        "``eta``; ALFA Fig. 4: the last block's η should dominate).",
         eta_plot,
     ),
 )
