@@ -75,7 +75,7 @@ def test_report_from_real_bench_results(bench_results, tmp_path, capsys):
     readme.write_text(README)
     out = tmp_path / "report"
     assert main(["report", str(bench_results), "-o", str(out), "--readme", str(readme)]) == 0
-    assert "2 runs in 1 cells" in capsys.readouterr().out
+    assert "2 runs in 1 cell " in capsys.readouterr().out
     runs = [
         json.loads((bench_results / "ce" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)
     ]

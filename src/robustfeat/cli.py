@@ -296,8 +296,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         tables=args.tables,
         command=command,
     )
+    from .report.tables import count
+
     runs = sum(len(g.runs) for g in built.groups)
-    print(f"report: {runs} runs in {len(built.groups)} cells", end="")
+    print(f"report: {count(runs, 'run')} in {count(len(built.groups), 'cell')}", end="")
     print(f" -> {Path(args.out) / 'index.html'}" if args.out else "", end="")
     print(f"; README section updated in {args.readme}" if args.readme else "")
     return 0

@@ -46,6 +46,11 @@ class Table:
 
 
 # ------------------------------------------------------------------ shared pieces
+def count(n: int, word: str) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def cell_stat(group: CellGroup, metric: Metric) -> Stat | None:
     return summarize(measure(run, metric) for run in group.runs)
 
@@ -94,7 +99,7 @@ def run_setting(run: Run) -> str:
 def our_setting(groups: Iterable[CellGroup]) -> str:
     """What our runs were (model, data, epochs, evaluation suite), with run counts."""
     settings = Counter(run_setting(run) for group in groups for run in group.runs)
-    return "; ".join(f"{s} ({n} runs)" for s, n in settings.most_common()) or "no runs"
+    return "; ".join(f"{s} ({count(n, 'run')})" for s, n in settings.most_common()) or "no runs"
 
 
 # ------------------------------------------------------------------ paper tables
@@ -512,7 +517,7 @@ def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Ta
         [
             "git SHA",
             sha,
-            f"{n} runs: "
+            f"{count(n, 'run')}: "
             + ", ".join(
                 sorted(
                     {
@@ -532,9 +537,11 @@ def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Ta
         for name, version in versions.items() if isinstance(versions, dict) else ():
             packages.setdefault(name, Counter())[str(version)] += 1
     for name, counts in packages.items():
-        rows.append(["package", name, ", ".join(f"{v} ({n} runs)" for v, n in counts.items())])
+        rows.append(
+            ["package", name, ", ".join(f"{v} ({count(n, 'run')})" for v, n in counts.items())]
+        )
     machines = _distinct(runs, lambda r: _machine_text(r.info.get("machine")))
-    rows += [["machine", text, f"{n} runs"] for text, n in machines.most_common()]
+    rows += [["machine", text, count(n, "run")] for text, n in machines.most_common()]
     if perf is not None:
         rows.append(["machine (perf.json)", _machine_text(perf.get("machine")), "perf benchmark"])
     train = sum(float(r.info.get("train_seconds") or 0) for r in runs)
@@ -543,7 +550,7 @@ def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Ta
         [
             "wall time",
             f"train {train / 3600:.2f} h, eval {evaluate / 3600:.2f} h",
-            f"{len(runs)} runs",
+            count(len(runs), "run"),
         ]
     )
     notes = []
