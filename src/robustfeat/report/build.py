@@ -4,19 +4,16 @@ README's results section."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
-from .collect import CellGroup, Collection, collect, group
+from .collect import CellGroup, Collection, collect, group, read_json
 from .plots import Plot, make_plots
 from .render import Report, Section, report_html, report_markdown, table_markdown, update_readme
-from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml
+from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml, read_yaml
 from .tables import (
     LEGEND,
     Table,
@@ -56,7 +53,7 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
     if index is None:
         entries: list[Any] = [{"file": p.name} for p in sorted(directory.glob("*.png"))]
     else:
-        raw = json.loads(index.read_text()) if index.suffix == ".json" else load_yaml_any(index)
+        raw = read_json(index) if index.suffix == ".json" else read_yaml(index)
         entries = raw.get("figures") if isinstance(raw, dict) else raw
         if not isinstance(entries, list):
             raise ConfigError(f"{index} must list figures: [{{file, caption, section}}, ...]")
@@ -78,13 +75,6 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
         )
         out.setdefault(str(entry.get("section") or EXTERNAL_SECTION), []).append(plot)
     return out
-
-
-def load_yaml_any(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
 
 
 # ------------------------------------------------------------------ the report

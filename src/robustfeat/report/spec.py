@@ -217,14 +217,20 @@ def _table(raw: Any, i: int) -> PaperTable:
     )
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> Any:
+    """Any YAML document (safe loader); unreadable or invalid files are a ConfigError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping."""
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping")
     return data
