@@ -1,4 +1,4 @@
-"""The ``robustfeat`` command: train, eval, list, demo.
+"""The ``robustfeat`` command: train, eval, bench, report, list, demo.
 
 Bad input (unknown names, bad values, unreadable files) is one clear message and exit code 2,
 never a traceback.
@@ -285,6 +285,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ report
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    command = "robustfeat report " + " ".join(args.runs)
+    if args.readme:
+        command += f" --readme {args.readme}"
+    built = report(
+        args.runs,
+        out=args.out,
+        readme=args.readme,
+        figures=args.figures,
+        perf=args.perf,
+        tables=args.tables,
+        command=command,
+    )
+    from .report.tables import count
+
+    runs = sum(len(g.runs) for g in built.groups)
+    print(f"report: {count(runs, 'run')} in {count(len(built.groups), 'cell')}", end="")
+    print(f" -> {Path(args.out) / 'index.html'}" if args.out else "", end="")
+    print(f"; README section updated in {args.readme}" if args.readme else "")
+    return 0
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUNS",
+        help="result directories (searched for results.json) or results.json / perf.json files",
+    )
+    p.add_argument("-o", "--out", help="output directory: report.md, figures/, index.html")
+    p.add_argument(
+        "--readme",
+        help="README whose text between <!-- results:start --> and <!-- results:end --> "
+        "is replaced by the results and overhead tables",
+    )
+    p.add_argument(
+        "--figures",
+        help="directory of PNGs made elsewhere (CAM grids, CIFS channel plots) with an "
+        "optional index.yaml [{file, caption, title, section}]",
+    )
+    p.add_argument(
+        "--perf",
+        help="perf benchmark JSON (default: perf.json beside or above the RUNS directories)",
+    )
+    p.add_argument(
+        "--tables",
+        help="paper tables + cell -> row mapping YAML (default: the packaged paper_values.yaml)",
+    )
+
+
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
@@ -314,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results-dir", default="benchmarks/results", help="where committed results go")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "report", help="tables, figures and an HTML page from benchmark results (+ README)"
+    )
+    add_report_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument(

@@ -1,0 +1,334 @@
+"""The paper tables and the cell -> row mapping as data (``paper_values.yaml``), and what a
+column measures on one run.
+
+See the YAML's header for the format. Everything about which paper row a cell fills, which
+attack a column means and what the paper reported lives in the YAML; this module only reads
+it (validating every field, so a typo is a clear ConfigError) and evaluates metrics.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .collect import CellGroup, Run
+from .stats import parse_eps
+
+DEFAULT_TABLES = Path(__file__).with_name("paper_values.yaml")
+DEFAULT_PERF_GOALS = Path(__file__).with_name("perf_goals.yaml")
+METRIC_KINDS = (
+    "clean",
+    "clean_error",
+    "topk",
+    "attack",
+    "mce",
+    "worst_case",
+    "train_s_per_epoch",
+)
+MATCH_KEYS = ("name", "eps", "steps", "restarts", "norm", "label", "loss", "kind")
+EPS_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str
+    match: dict[str, Any] = field(default_factory=dict)
+    error: bool = False  # show 1 - accuracy
+    k: int = 1  # topk (clean or under the attack)
+    ratio_to_reference: bool = False
+
+    @property
+    def higher_is_better(self) -> bool:
+        return not (self.error or self.kind in ("clean_error", "mce", "train_s_per_epoch"))
+
+    @property
+    def is_fraction(self) -> bool:
+        """Accuracies and errors (shown in %), as opposed to seconds."""
+        return self.kind != "train_s_per_epoch"
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    value: float
+    std: float | None = None
+    approx: bool = False
+    src: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SubColumn:
+    key: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    metric: Metric
+    paper: tuple[SubColumn, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cells: tuple[str, ...]
+    reference: str | None
+    paper: dict[str, PaperValue | None]
+
+    def matches(self, group: CellGroup) -> bool:
+        names = (group.cell,) if group.recipe else (group.cell, group.identity)
+        return any(fnmatch.fnmatchcase(n, pat) for pat in self.cells for n in names)
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    id: str
+    title: str
+    source: str
+    paper_setting: str
+    paper_scale: float  # multiply the paper's numbers by this to get percent
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...]
+
+    def row(self, label: str) -> Row:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise ConfigError(f"table {self.id!r} has no row {label!r}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    tables: tuple[PaperTable, ...]
+    reference_cell: str
+
+
+# ------------------------------------------------------------------ reading the YAML
+def _need(mapping: Any, key: str, where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ConfigError(f"{where}: missing `{key}`")
+    return mapping[key]
+
+
+def _metric(raw: Any, where: str) -> Metric:
+    kind = _need(raw, "kind", where)
+    if kind not in METRIC_KINDS:
+        raise ConfigError(
+            f"{where}: unknown metric kind {kind!r}; valid: {', '.join(METRIC_KINDS)}"
+        )
+    match = dict(raw.get("match") or {})
+    unknown = sorted(set(match) - set(MATCH_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown match key(s) {unknown}; valid: {list(MATCH_KEYS)}")
+    if kind == "attack" and not match:
+        raise ConfigError(f"{where}: an attack metric needs a `match`")
+    if "eps" in match:
+        match["eps"] = parse_eps(match["eps"])
+    return Metric(
+        kind=kind,
+        match=match,
+        error=bool(raw.get("error", False)),
+        k=int(raw.get("k", 1)),
+        ratio_to_reference=bool(raw.get("ratio_to_reference", False)),
+    )
+
+
+def _paper_value(raw: Any, where: str) -> PaperValue | None:
+    if raw is None:
+        return None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return PaperValue(float(raw))
+    if isinstance(raw, dict) and isinstance(raw.get("value"), (int, float)):
+        std = raw.get("std")
+        return PaperValue(
+            float(raw["value"]),
+            None if std is None else float(std),
+            bool(raw.get("approx", False)),
+            raw.get("src"),
+            raw.get("note"),
+        )
+    raise ConfigError(f"{where}: a paper value is a number, null or {{value, std, src, note}}")
+
+
+def _table(raw: Any, i: int) -> PaperTable:
+    where = f"table {i}"
+    table_id = _need(raw, "id", where)
+    where = f"table {table_id!r}"
+    columns = []
+    for j, col in enumerate(_need(raw, "columns", where)):
+        cw = f"{where} column {j}"
+        key = _need(col, "key", cw)
+        subs = col.get("paper") or [{"key": key, "label": "paper"}]
+        columns.append(
+            Column(
+                key=key,
+                label=_need(col, "label", cw),
+                metric=_metric(_need(col, "metric", cw), f"{cw} ({key})"),
+                paper=tuple(SubColumn(_need(s, "key", cw), _need(s, "label", cw)) for s in subs),
+            )
+        )
+    paper_keys = {s.key for c in columns for s in c.paper}
+    rows = []
+    for j, row in enumerate(_need(raw, "rows", where)):
+        rw = f"{where} row {j}"
+        label = _need(row, "label", rw)
+        paper = row.get("paper") or {}
+        unknown = sorted(set(paper) - paper_keys)
+        if unknown:
+            raise ConfigError(
+                f"{where} row {label!r}: paper values for unknown column(s) {unknown}; "
+                f"columns: {sorted(paper_keys)}"
+            )
+        rows.append(
+            Row(
+                label=label,
+                cells=tuple(str(c) for c in row.get("cells") or ()),
+                reference=row.get("reference"),
+                paper={k: _paper_value(v, f"{rw} {k}") for k, v in paper.items()},
+            )
+        )
+    labels = [r.label for r in rows]
+    for row in rows:
+        if row.reference is not None and row.reference not in labels:
+            raise ConfigError(
+                f"{where} row {row.label!r}: reference {row.reference!r} is not a row; "
+                f"rows: {labels}"
+            )
+    unit = raw.get("paper_unit", "percent")
+    if unit not in ("percent", "fraction"):
+        raise ConfigError(f"{where}: paper_unit must be percent or fraction, got {unit!r}")
+    return PaperTable(
+        id=table_id,
+        title=_need(raw, "title", where),
+        source=str(raw.get("source", "")).strip(),
+        paper_setting=str(raw.get("paper_setting", "")),
+        paper_scale=100.0 if unit == "fraction" else 1.0,
+        columns=tuple(columns),
+        rows=tuple(rows),
+        notes=tuple(raw.get("notes") or ()),
+    )
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Any YAML document (safe loader); unreadable or invalid files are a ConfigError."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping")
+    return data
+
+
+def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
+    data = load_yaml(path)
+    tables = tuple(_table(t, i) for i, t in enumerate(_need(data, "tables", str(path))))
+    return Spec(tables, str(data.get("reference_cell", "ce")))
+
+
+# ------------------------------------------------------------------ measuring one run
+def attack_matches(entry: dict[str, Any], match: dict[str, Any]) -> bool:
+    """Whether an attack entry of results.json has every property in ``match``."""
+    for key, want in match.items():
+        have = entry.get(key)
+        if key == "restarts" and have is None:
+            have = 1  # single-start attacks (FGSM, APGD, ...) do not record restarts
+        if key == "eps":
+            if not isinstance(have, (int, float)) or abs(have - want) > EPS_TOLERANCE:
+                return False
+        elif key == "label":
+            if not isinstance(have, str) or not fnmatch.fnmatchcase(have, str(want)):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def matching_attacks(results: dict[str, Any], match: dict[str, Any]) -> list[dict[str, Any]]:
+    attacks = results.get("attacks")
+    if not isinstance(attacks, list):
+        return []
+    return [
+        a
+        for a in attacks
+        if isinstance(a, dict)
+        and isinstance(a.get("accuracy"), (int, float))
+        and (a.get("n") or 0) > 0
+        and attack_matches(a, match)
+    ]
+
+
+def epochs_trained(run: Run) -> int | None:
+    if run.epochs:
+        return len(run.epochs)
+    epochs = run.info.get("epochs") or run.config.get("epochs")
+    return epochs if isinstance(epochs, int) and epochs > 0 else None
+
+
+def train_seconds_per_epoch(run: Run) -> float | None:
+    seconds = run.info.get("train_seconds")
+    if not isinstance(seconds, (int, float)) and run.epochs:
+        seconds = run.epochs[-1].get("train_seconds")
+    epochs = epochs_trained(run)
+    if not isinstance(seconds, (int, float)) or not epochs:
+        return None
+    return float(seconds) / epochs
+
+
+def _topk(entry: dict[str, Any], k: int) -> float | None:
+    """An attack entry's top-k accuracy (top-1: its accuracy)."""
+    if k == 1:
+        return float(entry["accuracy"])
+    topk = entry.get("topk") if isinstance(entry.get("topk"), dict) else {}
+    return _number(topk.get(str(k)))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def measure(run: Run, metric: Metric) -> float | None:
+    """The metric's value on one run (a fraction, or seconds), or None if not measured."""
+    r = run.results
+    clean = r.get("clean") if isinstance(r.get("clean"), dict) else {}
+    value: float | None
+    if metric.kind == "clean":
+        value = _number(clean.get("accuracy"))
+    elif metric.kind == "clean_error":
+        acc = _number(clean.get("accuracy"))
+        value = None if acc is None else 1.0 - acc
+    elif metric.kind == "topk":
+        topk = clean.get("topk") if isinstance(clean.get("topk"), dict) else {}
+        value = _number(topk.get(str(metric.k)))
+    elif metric.kind == "attack":
+        found = [_topk(a, metric.k) for a in matching_attacks(r, metric.match)]
+        found = [v for v in found if v is not None]
+        value = min(found) if found else None
+    elif metric.kind == "mce":
+        corruptions = r.get("corruptions") if isinstance(r.get("corruptions"), dict) else {}
+        value = _number(corruptions.get("mce"))
+    elif metric.kind == "worst_case":
+        worst = r.get("worst_case") if isinstance(r.get("worst_case"), dict) else {}
+        # a "worst case" over no attack is just the clean accuracy: not a robustness number
+        value = _number(worst.get("accuracy")) if worst.get("attack") != "clean" else None
+    else:
+        return train_seconds_per_epoch(run)
+    if value is not None and metric.error and metric.kind == "attack":
+        value = 1.0 - value
+    return value

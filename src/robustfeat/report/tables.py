@@ -1,0 +1,575 @@
+"""The report's tables as plain data (title, header, rows of strings, notes), rendered to
+Markdown and HTML by ``render``.
+
+- ``paper_table``: one paper's headline table, our cells beside the paper's values;
+- ``cells_table``: every cell (clean, each attack, worst case, mCE, train s/epoch, flags);
+- ``flags_table``: every gradient-masking flag with its detail, per cell and seed;
+- ``perf_tables``: the overhead table and the rest of perf.json;
+- ``provenance_table``: git SHAs, package versions and machines of the runs.
+
+Improvement markers (``stats.compare``): ▲ better / ▼ worse than the reference beyond the seeds'
+spread, ≈ within it, ? unknown (a side with one seed).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .collect import CellGroup, Run
+from .spec import Metric, PaperTable, PaperValue, Row, Spec, matching_attacks, measure
+from .stats import MARKERS, Stat, compare, format_stat, summarize
+
+LEGEND = (
+    "Ours: mean ± sample std over seeds (n = seeds). Markers compare a cell with its reference "
+    "row: ▲ better / ▼ worse by more than the seeds' spread (|Δmean| > std₁ + std₂, both with "
+    "≥ 2 seeds), ≈ within the spread, ? not decidable (one seed). Only ▲ is called an "
+    "improvement."
+)
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    # HTML only: a spanning header row [(label, columns)] above ``short_header``
+    groups: list[tuple[str, int]] | None = None
+    short_header: list[str] | None = None
+
+
+# ------------------------------------------------------------------ shared pieces
+def count(n: int, word: str) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def cell_stat(group: CellGroup, metric: Metric) -> Stat | None:
+    return summarize(measure(run, metric) for run in group.runs)
+
+
+def format_measured(stat: Stat | None, metric: Metric) -> str:
+    if stat is None:
+        return "–"
+    if metric.is_fraction:
+        return format_stat(stat)
+    return format_stat(stat, digits=1, scale=1.0) + " s"
+
+
+def reference_group(candidates: list[CellGroup], group: CellGroup) -> CellGroup | None:
+    """The reference cell for ``group``: the one candidate of the same recipe trained with the
+    same AT scheme (cells under different schemes or recipes are never compared)."""
+    same = [
+        g for g in candidates if g.at == group.at and g.recipe == group.recipe and g is not group
+    ]
+    return same[0] if len(same) == 1 else None
+
+
+def with_marker(text: str, stat: Stat | None, ref: Stat | None, metric: Metric) -> str:
+    if stat is None or ref is None:
+        return text
+    return f"{text} {MARKERS[compare(stat, ref, metric.higher_is_better)]}"
+
+
+def seeds_text(group: CellGroup) -> str:
+    seeds = [r.seed for r in group.runs if r.seed is not None]
+    listed = ",".join(str(s) for s in seeds) if len(seeds) == len(group.runs) else "?"
+    return f"{len(group.runs)} ({listed})"
+
+
+def run_setting(run: Run) -> str:
+    """``model on data, N epochs, suite S`` of one run (from its results)."""
+    info = run.info
+    data = str(info.get("data", "?"))
+    data = Path(data.split(":", 1)[-1]).name if ":" in data else data
+    text = f"{info.get('model', '?')} on {data}, {info.get('epochs', '?')} epochs"
+    text += f", suite {run.results.get('suite', '?')}"
+    if run.results.get("labels") == "predicted":
+        text += ", robust = prediction unchanged"
+    return text
+
+
+def our_setting(groups: Iterable[CellGroup]) -> str:
+    """What our runs were (model, data, epochs, evaluation suite), with run counts."""
+    settings = Counter(run_setting(run) for group in groups for run in group.runs)
+    return "; ".join(f"{s} ({count(n, 'run')})" for s, n in settings.most_common()) or "no runs"
+
+
+# ------------------------------------------------------------------ paper tables
+def format_paper(value: PaperValue | None, metric: Metric, scale: float, notes: list[str]) -> str:
+    """A paper's number as printed (in % for accuracies, s for times), with its std, source
+    and a footnote number for its note."""
+    if value is None:
+        return "–"
+    digits, scale, unit = (2, scale, "") if metric.is_fraction else (0, 1.0, " s")
+    text = f"{'≈' if value.approx else ''}{value.value * scale:.{digits}f}{unit}"
+    if value.std is not None:
+        text += f" ± {value.std * scale:.{digits}f}{unit}"
+    if value.src:
+        text += f" [{value.src}]"
+    if value.note:
+        notes.append(value.note)
+        text += f" ({len(notes)})"
+    return text
+
+
+def paper_ratio(table: PaperTable, row: Row, key: str) -> float | None:
+    """The paper's value of ``row`` over its reference row's (None without both)."""
+    if row.reference is None:
+        return None
+    ref = table.row(row.reference).paper.get(key)
+    own = row.paper.get(key)
+    if own is None or ref is None or ref.value == 0:
+        return None
+    return own.value / ref.value
+
+
+def assign_rows(table: PaperTable, groups: list[CellGroup]) -> dict[str, list[CellGroup]]:
+    return {row.label: [g for g in groups if row.matches(g)] for row in table.rows}
+
+
+def paper_table(table: PaperTable, groups: list[CellGroup]) -> Table:
+    """The paper's table layout: its rows and columns, our cells beside its values."""
+    by_row = assign_rows(table, groups)
+    lead = ["Paper row", "Our cell", "Seeds"]
+    header, short, spans = list(lead), list(lead), [("", len(lead))]
+    for col in table.columns:
+        header.append(f"{col.label}: ours")
+        header += [f"{col.label}: {sub.label}" for sub in col.paper]
+        short += ["ours", *[sub.label for sub in col.paper]]
+        spans.append((col.label, 1 + len(col.paper)))
+    value_notes: list[str] = []
+    rows = []
+    for row in table.rows:
+        references = by_row[row.reference] if row.reference else []
+        paper_cells = []
+        for col in table.columns:
+            for sub in col.paper:
+                value = row.paper.get(sub.key)
+                text = format_paper(value, col.metric, table.paper_scale, value_notes)
+                ratio = paper_ratio(table, row, sub.key) if col.metric.ratio_to_reference else None
+                paper_cells.append(text if ratio is None else f"{text} (×{ratio:.2f})")
+        for group in by_row[row.label] or [None]:
+            if group is None:
+                ours = ["–"] * len(table.columns)
+                rows.append(_line(table, [row.label, "not run", "–"], ours, paper_cells))
+                continue
+            ref = reference_group(references, group)
+            ours = [_ours_cell(group, ref, col.metric) for col in table.columns]
+            rows.append(_line(table, [row.label, group.key, seeds_text(group)], ours, paper_cells))
+    notes = [
+        f"Paper: {table.source}",
+        f"Paper setting: {table.paper_setting}. Ours: {our_setting(_flatten(by_row))}. "
+        "Different networks, data and budgets: the columns sit side by side for direction, "
+        "not as a reproduction; never read them as equal.",
+        *table.notes,
+        *_attack_notes(table, _flatten(by_row)),
+        *[f"({i}) {note}" for i, note in enumerate(value_notes, 1)],
+    ]
+    return Table(table.id, table.title, header, rows, notes, spans, short)
+
+
+def _flatten(by_row: dict[str, list[CellGroup]]) -> list[CellGroup]:
+    seen: dict[str, CellGroup] = {}
+    for groups in by_row.values():
+        for g in groups:
+            seen.setdefault(g.key, g)
+    return list(seen.values())
+
+
+def _line(table: PaperTable, lead: list[str], ours: list[str], paper_cells: list[str]) -> list[str]:
+    """One table line in the header's order: each column's ours, then its paper values."""
+    line = list(lead)
+    it = iter(paper_cells)
+    for col, our in zip(table.columns, ours, strict=True):
+        line.append(our)
+        line += [next(it) for _ in col.paper]
+    return line
+
+
+def _ours_cell(group: CellGroup, ref: CellGroup | None, metric: Metric) -> str:
+    stat = cell_stat(group, metric)
+    text = format_measured(stat, metric)
+    if stat is not None and stat.n < len(group.runs):
+        text += f" (n={stat.n})"
+    ref_stat = cell_stat(ref, metric) if ref is not None else None
+    if metric.ratio_to_reference and stat is not None and ref_stat is not None and ref_stat.mean:
+        text += f" (×{stat.mean / ref_stat.mean:.2f})"
+    return with_marker(text, stat, ref_stat, metric)
+
+
+def _attack_notes(table: PaperTable, groups: list[CellGroup]) -> list[str]:
+    """Which of our attack entries each attack column combined (labels and step sizes)."""
+    notes = []
+    for col in table.columns:
+        if col.metric.kind != "attack":
+            continue
+        seen: dict[str, str] = {}
+        for group in groups:
+            for run in group.runs:
+                for entry in matching_attacks(run.results, col.metric.match):
+                    step = entry.get("step_size")
+                    kind = " adaptive" if entry.get("kind") == "adaptive" else ""
+                    detail = f"step {step * 255:.3g}/255" if isinstance(step, float) else ""
+                    seen.setdefault(str(entry.get("label")), f"{detail}{kind}".strip())
+        if seen:
+            listed = ", ".join(f"{k} ({v})" if v else k for k, v in seen.items())
+            notes.append(f"{col.label} ← worst of: {listed}.")
+        elif groups:
+            notes.append(f"{col.label}: not in our runs' evaluation suites.")
+    return notes
+
+
+# ------------------------------------------------------------------ all cells
+def _attack_labels(groups: list[CellGroup]) -> list[str]:
+    labels: dict[str, None] = {}
+    for group in groups:
+        for run in group.runs:
+            for entry in run.results.get("attacks") or []:
+                if isinstance(entry, dict) and entry.get("kind") != "adaptive":
+                    labels.setdefault(str(entry.get("label")), None)
+    return list(labels)
+
+
+def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
+    """(column label, metric) of the all-cells table, without columns nobody measured."""
+    columns = [("Clean", Metric("clean"))]
+    columns += [
+        (label, Metric("attack", {"label": glob.escape(label), "kind": "standard"}))
+        for label in _attack_labels(groups)
+    ]
+    columns += [
+        ("Adaptive (worst)", Metric("attack", {"kind": "adaptive"})),
+        ("Worst case", Metric("worst_case")),
+        ("mCE", Metric("mce")),
+        ("Train s/epoch", Metric("train_s_per_epoch")),
+    ]
+    return [(label, m) for label, m in columns if any(cell_stat(g, m) for g in groups)]
+
+
+def generic_reference(groups: list[CellGroup], group: CellGroup, name: str) -> CellGroup | None:
+    want = f"{name}+{group.at}" if group.at else name
+    for g in groups:
+        if g.recipe == group.recipe and g.cell == want and g is not group:
+            return g
+    return None
+
+
+def flag_summary(group: CellGroup) -> str:
+    counts: Counter[str] = Counter()
+    for run in group.runs:
+        counts.update({f.get("name", "?") for f in run_flags(run)})
+    if not any(run_checked(r) for r in group.runs):
+        return "not checked"
+    return ", ".join(f"{k} ({v}/{len(group.runs)})" for k, v in sorted(counts.items())) or "none"
+
+
+def cells_table(groups: list[CellGroup], spec: Spec) -> Table:
+    metrics = generic_metrics(groups)
+    header = ["Cell", "Method", "AT", "Seeds", *[label for label, _ in metrics], "Flags"]
+    rows = []
+    for group in groups:
+        ref = generic_reference(groups, group, spec.reference_cell)
+        line = [group.key, group.method or "?", group.at or "–", seeds_text(group)]
+        for _, metric in metrics:
+            stat = cell_stat(group, metric)
+            text = format_measured(stat, metric)
+            if stat is not None and stat.n < len(group.runs):
+                text += f" (n={stat.n})"
+            if metric.kind != "train_s_per_epoch" and ref is not None:
+                text = with_marker(text, stat, cell_stat(ref, metric), metric)
+            line.append(text)
+        line.append(flag_summary(group))
+        rows.append(line)
+    notes = [
+        f"Our runs: {our_setting(groups)}.",
+        "Accuracies in % (mCE: mean corruption error in %); attack columns are the evaluation "
+        "suite's attack labels; worst case = per-sample minimum over the suite's main threat "
+        "model. Markers compare each cell with "
+        f"`{spec.reference_cell}` (or `{spec.reference_cell}+<AT>` for an AT cell).",
+        LEGEND,
+    ]
+    return Table("cells", "All cells", header, rows, notes)
+
+
+# ------------------------------------------------------------------ flags
+def run_flags(run: Run) -> list[dict[str, Any]]:
+    flags = run.results.get("flags")
+    return [f for f in flags if isinstance(f, dict)] if isinstance(flags, list) else []
+
+
+def run_checked(run: Run) -> bool:
+    """Whether the run's suite ran gradient-masking checks at all (else no flag means nothing)."""
+    checks = run.results.get("checks")
+    return bool(checks) or bool(run_flags(run))
+
+
+def flags_table(groups: list[CellGroup]) -> Table:
+    rows = [
+        [
+            group.key,
+            str(run.seed if run.seed is not None else "?"),
+            f.get("name", "?"),
+            str(f.get("detail", "")),
+        ]
+        for group in groups
+        for run in group.runs
+        for f in run_flags(run)
+    ]
+    unchecked = [g.key for g in groups if not any(run_checked(r) for r in g.runs)]
+    notes = []
+    if not rows:
+        notes.append("No gradient-masking flag was raised in any checked run.")
+    if unchecked:
+        notes.append(
+            "No masking checks ran for (their suite has none; absence of flags means nothing): "
+            + ", ".join(unchecked)
+            + "."
+        )
+    return Table("flags", "Gradient-masking flags", ["Cell", "Seed", "Flag", "Detail"], rows, notes)
+
+
+# ------------------------------------------------------------------ performance
+def _ratio(value: Any) -> float | None:
+    """A ratio from perf.json: a number, or a dict holding one (median / ratio / value / mean)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        for key in ("median", "ratio", "value", "mean"):
+            if isinstance(value.get(key), (int, float)):
+                return float(value[key])
+    return None
+
+
+def goal_text(goal: dict[str, Any]) -> str:
+    parts = []
+    if "max" in goal:
+        parts.append(f"≤ {goal['max']:.2f}×")
+    if "min" in goal:
+        parts.append(f"≥ {goal['min']:.2f}")
+    if goal.get("note"):
+        parts.append(str(goal["note"]))
+    return "; ".join(parts) or "–"
+
+
+def meets(value: float | None, goal: dict[str, Any], flop: float | None, slack: float) -> str:
+    checks = []
+    if value is not None and "max" in goal:
+        checks.append(value <= goal["max"])
+    if value is not None and "min" in goal:
+        checks.append(value >= goal["min"])
+    if value is not None and flop:
+        checks.append(value / flop <= slack)
+    if not checks:
+        return "–"
+    return "yes" if all(checks) else "no"
+
+
+def _fmt(value: float | None, suffix: str = "×") -> str:
+    return "–" if value is None else f"{value:.2f}{suffix}"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
+    vs_ce = _mapping(perf.get("step_time_ratio_vs_ce"))
+    flops = _mapping(perf.get("flop_ratio_vs_ce"))
+    vs_at = _mapping(perf.get("step_time_ratio_vs_at"))
+    slack = float(goals.get("flop_slack", 1.10))
+    ce_goals = goals.get("step_time_ratio_vs_ce") or {}
+    at_goals = goals.get("step_time_ratio_vs_at") or {}
+    methods = list(dict.fromkeys([*ce_goals, *vs_ce, *flops]))
+    header = [
+        "Method",
+        "Step time ÷ CE",
+        "FLOP-implied ratio",
+        "Measured ÷ FLOPs",
+        "Goal",
+        "Meets goal",
+    ]
+    rows = []
+    for name in methods:
+        value, flop = _ratio(vs_ce.get(name)), _ratio(flops.get(name))
+        if value is None and flop is None:
+            continue
+        goal = ce_goals.get(name) or {}
+        rows.append(
+            [
+                name,
+                _fmt(value),
+                _fmt(flop),
+                _fmt(value / flop if value is not None and flop else None, ""),
+                goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
+                meets(value, goal, flop, slack),
+            ]
+        )
+    for name, raw in vs_at.items():
+        value = _ratio(raw)
+        goal = at_goals.get(name) or {}
+        rows.append(
+            [
+                f"{name} + AT (÷ AT)",
+                _fmt(value),
+                "–",
+                "–",
+                goal_text(goal),
+                meets(value, goal, None, slack),
+            ]
+        )
+    notes = [
+        "Training-step time of each method relative to CE on the same model and batch "
+        "(interleaved, median of repeats), beside the ratio its extra FLOPs imply: a ratio far "
+        "above its FLOP ratio is a slow implementation, not an expensive method."
+    ]
+    machine = perf.get("machine")
+    if isinstance(machine, dict) and machine:
+        notes.append("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".")
+    return Table("overhead", "Training overhead vs CE", header, rows, notes)
+
+
+PERF_HANDLED = (
+    "schema",
+    "machine",
+    "step_time_ratio_vs_ce",
+    "flop_ratio_vs_ce",
+    "step_time_ratio_vs_at",
+    "peak_rss_mb",
+)
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Dotted key -> text for any JSON value (lists of scalars kept as compact JSON)."""
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(value, float):
+        return [(prefix, f"{value:.4g}")]
+    if isinstance(value, (list, tuple)):
+        return [(prefix, json.dumps(value, separators=(",", ":"))[:200])]
+    return [(prefix, str(value))]
+
+
+def perf_tables(perf: dict[str, Any], goals: dict[str, Any]) -> list[Table]:
+    tables = [overhead_table(perf, goals)]
+    other = {
+        k: v
+        for k, v in perf.items()
+        if k not in PERF_HANDLED or (k not in ("schema", "machine") and not isinstance(v, dict))
+    }
+    goal_rows = []
+    for key in list(other):
+        if key in goals and _ratio(other[key]) is not None:
+            value = _ratio(other.pop(key))
+            goal_rows.append(
+                [key, _fmt(value, ""), goal_text(goals[key]), meets(value, goals[key], None, 1.0)]
+            )
+    if goal_rows:
+        tables.append(
+            Table(
+                "throughput",
+                "Evaluation throughput and framework overhead",
+                ["Quantity", "Measured", "Goal", "Meets goal"],
+                goal_rows,
+            )
+        )
+    rss = perf.get("peak_rss_mb")
+    if isinstance(rss, dict) and rss:
+        tables.append(
+            Table(
+                "memory",
+                "Peak memory",
+                ["Method", "Peak RSS (MB)"],
+                [[k, _fmt(_ratio(v), "")] for k, v in rss.items()],
+            )
+        )
+    if other:
+        tables.append(
+            Table(
+                "perf_other",
+                "Other perf.json entries",
+                ["Key", "Value"],
+                [list(kv) for kv in flatten(other)],
+            )
+        )
+    return tables
+
+
+# ------------------------------------------------------------------ provenance
+def _distinct(runs: list[Run], get: Callable[[Run], Any]) -> Counter[str]:
+    return Counter(str(get(r)) for r in runs)
+
+
+def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Table:
+    runs = [r for g in groups for r in g.runs]
+    shas = _distinct(runs, lambda r: r.info.get("git_sha", "unknown"))
+    rows = [
+        [
+            "git SHA",
+            sha,
+            f"{count(n, 'run')}: "
+            + ", ".join(
+                sorted(
+                    {
+                        g.key
+                        for g in groups
+                        for r in g.runs
+                        if str(r.info.get("git_sha", "unknown")) == sha
+                    }
+                )
+            ),
+        ]
+        for sha, n in shas.most_common()
+    ]
+    packages: dict[str, Counter[str]] = {}
+    for run in runs:
+        versions = run.info.get("versions")
+        for name, version in versions.items() if isinstance(versions, dict) else ():
+            packages.setdefault(name, Counter())[str(version)] += 1
+    for name, counts in packages.items():
+        rows.append(
+            ["package", name, ", ".join(f"{v} ({count(n, 'run')})" for v, n in counts.items())]
+        )
+    machines = _distinct(runs, lambda r: _machine_text(r.info.get("machine")))
+    rows += [["machine", text, count(n, "run")] for text, n in machines.most_common()]
+    if perf is not None:
+        rows.append(["machine (perf.json)", _machine_text(perf.get("machine")), "perf benchmark"])
+    train = sum(float(r.info.get("train_seconds") or 0) for r in runs)
+    evaluate = sum(float(r.info.get("eval_seconds") or 0) for r in runs)
+    rows.append(
+        [
+            "wall time",
+            f"train {train / 3600:.2f} h, eval {evaluate / 3600:.2f} h",
+            count(len(runs), "run"),
+        ]
+    )
+    notes = []
+    if len(shas) > 1:
+        notes.append(
+            f"⚠ The runs come from {len(shas)} different git SHAs: code changed "
+            "between cells; compare with care."
+        )
+    if any(sha.endswith("+dirty") for sha in shas):
+        notes.append("⚠ Some runs were made from a working tree with uncommitted changes (+dirty).")
+    mixed = [name for name, counts in packages.items() if len(counts) > 1]
+    if mixed:
+        notes.append(f"⚠ Package versions differ between runs: {', '.join(mixed)}.")
+    return Table("provenance", "Provenance", ["What", "Value", "Runs"], rows, notes)
+
+
+def _machine_text(machine: Any) -> str:
+    if not isinstance(machine, dict):
+        return "unknown"
+    keys = ("cpu", "cpu_count", "torch_threads", "gpu", "host")
+    parts = [f"{k} {machine[k]}" for k in keys if machine.get(k) not in (None, "")]
+    return ", ".join(parts) or "unknown"

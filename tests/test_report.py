@@ -1,0 +1,686 @@
+"""The report: seed statistics, the improvement rule, the paper-table spec and layout, tables
+from synthetic results trees (dicts shaped exactly like ``evaluate``'s output), perf.json,
+provenance, README markers. Rendering and the real producer: test_report_render.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robustfeat.errors import ConfigError
+from robustfeat.report import load_spec, replace_results_section
+from robustfeat.report.build import build
+from robustfeat.report.collect import CellGroup, Run, collect, group
+from robustfeat.report.plots import epoch_series, eta_keys, make_plots
+from robustfeat.report.spec import Metric, measure
+from robustfeat.report.stats import Stat, compare, parse_eps, summarize
+from robustfeat.report.tables import (
+    cells_table,
+    flags_table,
+    paper_table,
+    perf_tables,
+    provenance_table,
+)
+
+EPS = 8 / 255
+
+
+# ------------------------------------------------------------------ synthetic results
+def attack(
+    label: str,
+    name: str,
+    accuracy: float,
+    eps: float = EPS,
+    steps: int | None = None,
+    kind: str = "standard",
+    restarts: int | None = 1,
+    n: int = 100,
+    topk: tuple[float, float] | None = None,
+    per_class: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """An attack entry as ``Evaluation.attack`` writes it (``topk``: its top-2 / top-3)."""
+    entry = {
+        "label": label,
+        "name": name,
+        "norm": "linf",
+        "eps": eps,
+        "steps": steps if steps is not None else (1 if name == "fgsm" else 20),
+        "step_size": eps if name == "fgsm" else 2 / 255,
+        "loss": "ce",
+        "kind": kind,
+        "accuracy": accuracy,
+        "n": n,
+        "seconds": 1.0,
+    }
+    if name != "fgsm" and restarts is not None:
+        entry.update(restarts=restarts, random_start=True, early_stop=True)
+    if topk is not None:
+        entry["topk"] = {"1": accuracy, "2": topk[0], "3": topk[1]}
+    if per_class is not None:
+        entry["per_class"] = per_class
+    if kind == "adaptive":
+        entry["template"] = label.split("[")[0]
+        entry["loss"] = f"adaptive:{label.split('[')[1][:-1]}"
+    return entry
+
+
+def results(
+    clean: float,
+    *,
+    method: str = "ce",
+    at: str | None = None,
+    seed: int = 0,
+    attacks: list[dict[str, Any]] | None = None,
+    mce: float | None = None,
+    flags: list[dict[str, Any]] | None = None,
+    sha: str = "abc123",
+    train_seconds: float = 100.0,
+    epochs: int = 10,
+    checks: bool = True,
+) -> dict:
+    attacks = attacks or []
+    out: dict[str, Any] = {
+        "schema": "robustfeat.results/1",
+        "run": {
+            "method": method,
+            "at": at,
+            "model": "resnet20",
+            "data": "zip:../shared/data/cifar10-jpeg.zip",
+            "seed": seed,
+            "epochs": epochs,
+            "git_sha": sha,
+            "versions": {"python": "3.11.2", "torch": "2.14.1"},
+            "machine": {
+                "host": "box",
+                "cpu": "Xeon",
+                "cpu_count": 2,
+                "torch_threads": 2,
+                "cuda": False,
+            },
+            "config": {"method": method, "at": at, "seed": seed},
+            "train_seconds": train_seconds,
+            "eval_seconds": 10.0,
+        },
+        "suite": "standard",
+        "suite_description": "...",
+        "clean": {"accuracy": clean, "n": 10000, "seconds": 1.0},
+        "labels": "true",
+        "subsets": {"seed": 0, "n": 100, "n_aa": 50},
+        "worst_case": (
+            {
+                "accuracy": min(a["accuracy"] for a in attacks),
+                "n": 100,
+                "attack": " + ".join(a["label"] for a in attacks),
+            }
+            if attacks
+            else {"accuracy": clean, "n": 10000, "attack": "clean"}
+        ),
+        "checks": {
+            "eps_sweep": {
+                "attack": "pgd20",
+                "n": 100,
+                "points": [
+                    {"eps": e / 255, "accuracy": max(0.0, clean - e / 20)} for e in (1, 2, 4, 8, 32)
+                ]
+                + [{"eps": 0.5, "accuracy": 0.0}],
+            }
+        }
+        if checks
+        else {},
+        "attacks": attacks,
+        "flags": flags or [],
+        "seconds": 5.0,
+    }
+    if mce is not None:
+        out["corruptions"] = {
+            "source": "generated",
+            "n": 1000,
+            "mce": mce,
+            "per_corruption": {"gaussian_noise": [mce] * 5},
+            "per_severity": [mce - 0.1, mce - 0.05, mce, mce + 0.05, mce + 0.1],
+            "clean_error": 1 - clean,
+            "seconds": 3.0,
+        }
+    return out
+
+
+def write_run(
+    root: Path, recipe: str, cell: str, seed: int, data: dict, epochs: list[dict] | None = None
+) -> Path:
+    run = root / recipe / cell / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(data))
+    (run / "config.yaml").write_text(f"method: {data['run']['method']}\nseed: {seed}\n")
+    lines = [json.dumps(r) for r in epochs or []]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
+    return run
+
+
+def groups_of(root: Path) -> list[CellGroup]:
+    return group(collect([root]).runs)
+
+
+def by_key(groups: list[CellGroup]) -> dict[str, CellGroup]:
+    return {g.key: g for g in groups}
+
+
+def row_for(table, label: str, cell: str | None = None) -> dict[str, str]:
+    for row in table.rows:
+        if row[0] == label and (cell is None or row[1] == cell):
+            return dict(zip(table.header, row, strict=True))
+    raise AssertionError(f"no row {label!r} / {cell!r} in {table.title}")
+
+
+# ------------------------------------------------------------------ statistics
+def test_summarize_is_mean_and_sample_std_of_finite_values():
+    stat = summarize([0.5, 0.7, 0.9, None, float("nan")])
+    assert stat.n == 3 and stat.mean == pytest.approx(0.7)
+    assert stat.std == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / (3 - 1))
+    one = summarize([0.3])
+    assert one == Stat(0.3, None, 1)
+    assert summarize([None, float("inf")]) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "higher", "verdict"),
+    [
+        (Stat(0.80, 0.01, 3), Stat(0.75, 0.02, 3), True, "better"),  # 0.05 > 0.03
+        (Stat(0.76, 0.01, 3), Stat(0.75, 0.02, 3), True, "within_spread"),  # 0.01 < 0.03
+        (Stat(0.70, 0.01, 3), Stat(0.75, 0.02, 3), True, "worse"),
+        (Stat(0.70, 0.01, 3), Stat(0.75, 0.02, 3), False, "better"),  # errors: lower is better
+        (Stat(0.875, 0.125, 3), Stat(0.5, 0.25, 3), True, "within_spread"),  # == spread (exact)
+        (Stat(0.90, None, 1), Stat(0.10, 0.01, 3), True, "unknown"),  # one seed: no spread
+        (Stat(0.90, 0.0, 2), Stat(0.89, 0.0, 2), True, "better"),  # identical seeds: any gap
+    ],
+)
+def test_improvement_rule(a, b, higher, verdict):
+    assert compare(a, b, higher) == verdict
+    assert compare(a, None, higher) == "unknown"
+
+
+def test_parse_eps():
+    assert parse_eps("8/255") == pytest.approx(8 / 255)
+    assert parse_eps(0.05) == 0.05 and parse_eps(" 4 / 255 ") == pytest.approx(4 / 255)
+    with pytest.raises(ConfigError, match="a/b"):
+        parse_eps("eight")
+
+
+# ------------------------------------------------------------------ the spec (paper values)
+def test_default_spec_holds_the_papers_tables_as_transcribed():
+    spec = load_spec()
+    tables = {t.id: t for t in spec.tables}
+    assert list(tables) == ["tenet", "hnc", "cifs", "cifs_topk", "topgap", "alfa"]
+    tenet = tables["tenet"]
+    assert [c.label for c in tenet.columns] == [
+        "Clean err.",
+        "mCE",
+        "FGSM (8/255) err.",
+        "PGD-7 (4/255) err.",
+        "PGD-100 (8/255) err.",
+    ]
+    assert tenet.row("TENET (A.T.)").paper["pgd100"].value == 37.07
+    assert tenet.row("Baseline [31]").paper["pgd100"] is None  # "-" in the paper
+    assert tables["hnc"].row("HNC_kd").paper["fgsm005"].value == 29.80
+    assert tables["cifs"].row("CIFS").paper["pgd100"].value == 48.70
+    assert tables["cifs"].row("CIFS").paper["time"].value == 172
+    assert tables["cifs_topk"].row("AT ResNet-18").paper["pgd2"].value == 71.71
+    assert tables["topgap"].paper_scale == 100  # fractions in the paper
+    assert tables["topgap"].row("Top-GAP (ours, PRN18)").paper["apgd"].approx
+    alfa = tables["alfa"]
+    assert [s.key for s in alfa.columns[0].paper] == ["sa_r20", "sa_r18"]
+    assert alfa.row("ALFA").paper["sa_r20"].value == 92.52
+    assert alfa.row("ALFA").paper["sa_r18"].std == 0.08
+    # the eps of the mapping's attack columns are parsed fractions
+    assert tenet.columns[3].metric.match == {
+        "name": "pgd",
+        "eps": pytest.approx(4 / 255),
+        "steps": 7,
+    }
+
+
+DEFAULT_ROWS = {
+    "ce": {
+        "tenet": "Baseline [31]",
+        "hnc": "Cross Entropy",
+        "topgap": "Baseline (PRN18)",
+        "alfa": "Standard Training",
+    },
+    "cutout": {"tenet": "Cutout [7]"},
+    "augmix": {"tenet": "Augmix [14]"},
+    "random_erasing": {},
+    "tenet": {"tenet": "TENET"},
+    "tenet_aug": {"tenet": "TENET (Aug.)"},
+    "ce+fgsm_rs": {
+        "tenet": "A.T. [24]",
+        "cifs": "Vanilla",
+        "cifs_topk": "AT ResNet-18",
+        "topgap": "FGSM-AT (PRN18)",
+        "alfa": "Adversarial training",
+    },
+    "ce+free_at": {
+        "tenet": "A.T. [24]",
+        "cifs": "Vanilla",
+        "cifs_topk": "AT ResNet-18",
+        "alfa": "Adversarial training",
+    },
+    "tenet+free_at": {"tenet": "TENET (A.T.)"},
+    "hnc_mse": {"hnc": "HNC_mse"},
+    "hnc_kd": {"hnc": "HNC_kd"},
+    "topgap_k4": {"topgap": "Top-GAP (ours, PRN18)"},
+    "cifs+fgsm_rs": {"cifs": "CIFS", "cifs_topk": "CIFS (not in the paper's table)"},
+    "cas+free_at": {"cifs": "CAS"},
+    "alfa": {"alfa": "ALFA"},
+    "lalfa": {"alfa": "L-ALFA"},
+    "feature_noise": {"alfa": "Random Noise"},
+    "moex": {"alfa": "MoEx"},
+    "advprop": {"alfa": "AdvProp"},
+}
+
+
+@pytest.mark.parametrize("cell", list(DEFAULT_ROWS))
+def test_default_mapping_puts_each_cell_in_its_paper_rows(cell):
+    group_ = CellGroup("cpu", cell, [])
+    found = {t.id: r.label for t in load_spec().tables for r in t.rows if r.matches(group_)}
+    assert found == DEFAULT_ROWS[cell]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t["columns"][0]["metric"].update(kind="bogus"), "unknown metric kind"),
+        (lambda t: t["rows"][0]["paper"].update(nope=1.0), "unknown column"),
+        (lambda t: t["rows"][1].update(reference="Nobody"), "is not a row"),
+        (lambda t: t["columns"][2]["metric"].pop("match"), "needs a `match`"),
+        (lambda t: t["columns"][2]["metric"]["match"].update(colour="red"), "unknown match key"),
+        (lambda t: t["rows"][0]["paper"].update(clean="high"), "a paper value is a number"),
+    ],
+)
+def test_spec_errors_say_what_is_wrong(tmp_path, change, message):
+    import yaml
+
+    from robustfeat.report.spec import DEFAULT_TABLES
+
+    data = yaml.safe_load(DEFAULT_TABLES.read_text())
+    change(data["tables"][0])
+    path = tmp_path / "tables.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+
+
+def test_attack_metric_is_the_worst_over_matching_standard_and_adaptive_entries():
+    run = Run(
+        Path("r.json"),
+        "cpu",
+        "cifs+fgsm_rs",
+        0,
+        results(
+            0.8,
+            attacks=[
+                attack("pgd20", "pgd", 0.50, steps=20),
+                attack("pgd20[beta_1]", "pgd", 0.40, steps=20, kind="adaptive"),
+                attack("pgd20x3", "pgd", 0.30, steps=20, restarts=3),  # excluded: restarts: 1
+                attack("pgd100", "pgd", 0.20, steps=100),  # excluded: steps
+                attack("fgsm", "fgsm", 0.60),
+            ],
+        ),
+    )
+    match = {"name": "pgd", "eps": EPS, "steps": 20, "restarts": 1}
+    assert measure(run, Metric("attack", match)) == pytest.approx(0.40)
+    assert measure(run, Metric("attack", match, error=True)) == pytest.approx(0.60)
+    # FGSM entries record no restarts: treated as 1
+    assert measure(run, Metric("attack", {"name": "fgsm", "restarts": 1})) == 0.60
+    assert measure(run, Metric("attack", {"name": "pgd", "eps": 4 / 255})) is None
+    # top-k under attack: the worst matching entry's top-k; entries without top-k are skipped
+    topk = Run(
+        Path("r.json"),
+        "cpu",
+        "ce+fgsm_rs",
+        0,
+        results(
+            0.8,
+            attacks=[
+                attack("pgd20", "pgd", 0.5, topk=(0.7, 0.8)),
+                attack("pgd20[a]", "pgd", 0.45, kind="adaptive", topk=(0.75, 0.78)),
+                attack("pgd20[b]", "pgd", 0.44, kind="adaptive"),
+            ],
+        ),
+    )
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=2)) == 0.7
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=3)) == 0.78
+    assert measure(topk, Metric("attack", {"name": "pgd"}, k=1)) == 0.44
+    assert measure(run, Metric("clean_error")) == pytest.approx(0.2)
+    assert measure(run, Metric("train_s_per_epoch")) == pytest.approx(10.0)  # 100 s / 10 epochs
+
+
+# ------------------------------------------------------------------ tables from a tree
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "results"
+    for seed, (ce, tenet, fgsm_ce, fgsm_tenet) in enumerate(
+        [(0.80, 0.90, 0.10, 0.30), (0.82, 0.91, 0.12, 0.31), (0.84, 0.92, 0.14, 0.32)]
+    ):
+        write_run(
+            root,
+            "cpu",
+            "ce",
+            seed,
+            results(
+                ce, seed=seed, mce=0.3 + seed * 0.01, attacks=[attack("fgsm", "fgsm", fgsm_ce)]
+            ),
+        )
+        write_run(
+            root,
+            "cpu",
+            "tenet",
+            seed,
+            results(
+                tenet,
+                method="tenet",
+                seed=seed,
+                mce=0.25,
+                attacks=[attack("fgsm", "fgsm", fgsm_tenet)],
+                flags=[
+                    {"name": "zero_gradients", "detail": f"2.0% zero (seed {seed})", "values": {}}
+                ]
+                if seed == 1
+                else [],
+            ),
+        )
+    for seed in (0, 1):
+        for cell, method, at, clean in (
+            ("ce+fgsm_rs", "ce", "fgsm_rs", 0.70),
+            ("ce+free_at", "ce", "free_at", 0.60),
+            ("cifs+fgsm_rs", "cifs", "fgsm_rs", 0.71),
+        ):
+            write_run(
+                root,
+                "cpu",
+                cell,
+                seed,
+                results(
+                    clean + 0.01 * seed,
+                    method=method,
+                    at=at,
+                    seed=seed,
+                    sha=f"sha{seed}",
+                    attacks=[
+                        attack(
+                            "pgd20",
+                            "pgd",
+                            0.40 + 0.01 * seed,
+                            steps=20,
+                            per_class={"cat": 0.2, "dog": 0.3 + 0.01 * seed, "frog": None},
+                        )
+                    ],
+                ),
+            )
+    return root
+
+
+def test_paper_table_layout_aggregates_seeds_beside_paper_values(tree):
+    groups = groups_of(tree)
+    table = paper_table(next(t for t in load_spec().tables if t.id == "tenet"), groups)
+    assert table.header[:5] == [
+        "Paper row",
+        "Our cell",
+        "Seeds",
+        "Clean err.: ours",
+        "Clean err.: paper",
+    ]
+    assert [r[0] for r in table.rows] == [
+        "Baseline [31]",
+        "Cutout [7]",
+        "Augmix [14]",
+        "TENET",
+        "TENET (Aug.)",
+        "A.T. [24]",
+        "A.T. [24]",
+        "TENET (A.T.)",
+    ]  # two AT cells fill the A.T. row
+    base = row_for(table, "Baseline [31]")
+    assert base["Our cell"] == "cpu/ce" and base["Seeds"] == "3 (0,1,2)"
+    assert base["Clean err.: ours"] == "18.00 ± 2.00"  # errors 20, 18, 16 %
+    assert base["Clean err.: paper"] == "5.72"
+    assert base["FGSM (8/255) err.: ours"] == "88.00 ± 2.00"
+    assert base["mCE: ours"] == "31.00 ± 1.00"
+    tenet = row_for(table, "TENET")
+    assert tenet["Clean err.: ours"] == "9.00 ± 1.00 ▲"  # 18 - 9 = 9 > 2 + 1
+    assert tenet["FGSM (8/255) err.: ours"] == "69.00 ± 1.00 ▲"
+    assert tenet["Clean err.: paper"] == "3.89"
+    assert row_for(table, "Cutout [7]")["Our cell"] == "not run"
+    assert row_for(table, "TENET (A.T.)")["PGD-100 (8/255) err.: paper"] == "37.07"
+    assert any("ResNeXt-29" in n and "resnet20" in n for n in table.notes)
+
+
+def test_cells_are_compared_within_their_at_scheme(tree):
+    groups = groups_of(tree)
+    cifs = next(t for t in load_spec().tables if t.id == "cifs")
+    table = paper_table(cifs, groups)
+    row = row_for(table, "CIFS", "cpu/cifs+fgsm_rs")
+    # clean 71, 72 vs ce+fgsm_rs 70, 71 (std 0.71 each): 1.0 < 1.41 -> within the spread;
+    # against ce+free_at (60, 61) it would have been an improvement
+    assert row["Natural: ours"] == "71.50 ± 0.71 ≈"
+    assert row["PGD-20: ours"] == "40.50 ± 0.71 ≈"
+    assert row["Natural: paper"] == "83.86"
+
+
+def test_cells_are_compared_within_their_recipe(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        write_run(root, "cpu", "ce", seed, results(0.5 + 0.01 * seed))
+        write_run(root, "demo", "ce", seed, results(0.9 + 0.01 * seed))
+        write_run(root, "cpu", "tenet", seed, results(0.6 + 0.01 * seed, method="tenet"))
+    table = paper_table(load_spec().tables[0], groups_of(root))
+    assert [r[1] for r in table.rows if r[0] == "Baseline [31]"] == ["cpu/ce", "demo/ce"]
+    assert row_for(table, "TENET")["Clean err.: ours"] == "39.50 ± 0.71 ▲"  # vs cpu/ce only
+
+
+def test_single_seed_cells_are_never_called_improvements(tmp_path):
+    root = tmp_path / "r"
+    write_run(root, "cpu", "ce", 0, results(0.5))
+    write_run(root, "cpu", "tenet", 0, results(0.9, method="tenet"))
+    table = paper_table(load_spec().tables[0], groups_of(root))
+    assert row_for(table, "TENET")["Clean err.: ours"] == "10.00 ?"
+
+
+def test_cells_table_has_every_cell_and_drops_unmeasured_columns(tree):
+    table = cells_table(groups_of(tree), load_spec())
+    assert [r[0] for r in table.rows] == [
+        "cpu/ce",
+        "cpu/ce+fgsm_rs",
+        "cpu/ce+free_at",
+        "cpu/cifs+fgsm_rs",
+        "cpu/tenet",
+    ]
+    assert table.header == [
+        "Cell",
+        "Method",
+        "AT",
+        "Seeds",
+        "Clean",
+        "fgsm",
+        "pgd20",
+        "Worst case",
+        "mCE",
+        "Train s/epoch",
+        "Flags",
+    ]
+    tenet = row_for(table, "cpu/tenet")
+    assert tenet["Clean"] == "91.00 ± 1.00 ▲" and tenet["fgsm"] == "31.00 ± 1.00 ▲"
+    assert tenet["Flags"] == "zero_gradients (1/3)"
+    assert tenet["Train s/epoch"] == "10.0 ± 0.0 s"
+    assert row_for(table, "cpu/ce+free_at")["fgsm"] == "–"
+    # an AT cell is compared with ce+<its scheme>, never with plain ce
+    assert row_for(table, "cpu/cifs+fgsm_rs")["Clean"] == "71.50 ± 0.71 ≈"
+
+
+def test_flags_table_lists_every_flag_with_its_detail(tmp_path, tree):
+    write_run(tree, "cpu", "clean_only", 0, results(0.5, checks=False))
+    table = flags_table(groups_of(tree))
+    assert table.rows == [["cpu/tenet", "1", "zero_gradients", "2.0% zero (seed 1)"]]
+    assert any("cpu/clean_only" in n and "absence of flags means nothing" in n for n in table.notes)
+
+
+def test_missing_fields_do_not_break_any_table(tmp_path):
+    root = tmp_path / "r"
+    bare = {"schema": "robustfeat.results/1", "clean": {"accuracy": 0.5}}
+    write_run(root, "cpu", "ce", 0, {**bare, "run": {"method": "ce"}})
+    (root / "cpu" / "ce" / "seed1").mkdir()
+    (root / "cpu" / "ce" / "seed1" / "results.json").write_text(json.dumps(bare))
+    (root / "cpu" / "ce" / "seed0" / "metrics.jsonl").write_text('{"epoch": 1, "train_sec')
+    built = build([root], plots=True)
+    cells = built.report.sections[1].tables[0]
+    assert cells.header == ["Cell", "Method", "AT", "Seeds", "Clean", "Flags"]
+    assert cells.rows[0][4] == "50.00 ± 0.00" and cells.rows[0][-1] == "not checked"
+    for section in built.report.sections:
+        for table in section.tables:
+            assert all(len(r) == len(table.header) for r in table.rows)
+
+
+def test_collect_errors_and_skips(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        collect([tmp_path / "nope"])
+    with pytest.raises(ConfigError, match=r"no results\.json"):
+        collect([tmp_path])
+    root = tmp_path / "r"
+    write_run(root, "cpu", "ce", 0, results(0.5))
+    other = root / "cpu" / "old" / "seed0"
+    other.mkdir(parents=True)
+    (other / "results.json").write_text(json.dumps({"schema": "robustfeat.results/0"}))
+    found = collect([root])
+    assert [r.cell for r in found.runs] == ["ce"]
+    assert len(found.skipped) == 1 and "robustfeat.results/0" in found.skipped[0]
+
+
+def test_run_outside_the_bench_layout_is_its_own_cell_matched_by_method(tmp_path):
+    run = tmp_path / "ce-cpu"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results(0.8, seed=4)))
+    groups = groups_of(run)
+    assert [(g.recipe, g.cell, g.runs[0].seed) for g in groups] == [(None, "ce-cpu", 4)]
+    table = paper_table(load_spec().tables[0], groups)
+    assert row_for(table, "Baseline [31]")["Our cell"] == "ce-cpu"
+
+
+# ------------------------------------------------------------------ perf and provenance
+PERF = {
+    "schema": "robustfeat.perf/1",
+    "machine": {"cpu": "Xeon", "threads": 2},
+    "step_time_ratio_vs_ce": {"hnc": 1.04, "cifs": 1.20, "topgap": 4.1, "tenet": 1.9},
+    "flop_ratio_vs_ce": {"hnc": 1.01, "cifs": 1.02, "topgap": 3.9},
+    "step_time_ratio_vs_at": {"cifs": 1.03},
+    "trainer_vs_bare_loop": 0.97,
+    "peak_rss_mb": {"ce": 512.0, "tenet": 700.5},
+    "grouping_time_vs_channels": {"64": 0.01, "128": 0.02},
+}
+
+
+def test_overhead_table_puts_measured_beside_flops_and_goal():
+    tables = {t.id: t for t in perf_tables(PERF, load_yaml_goals())}
+    overhead = tables["overhead"]
+    hnc = row_for(overhead, "hnc")
+    assert hnc["Step time ÷ CE"] == "1.04×" and hnc["FLOP-implied ratio"] == "1.01×"
+    assert hnc["Measured ÷ FLOPs"] == "1.03" and hnc["Meets goal"] == "yes"
+    assert row_for(overhead, "cifs")["Meets goal"] == "no"  # 1.20 > 1.05
+    assert row_for(overhead, "topgap")["Meets goal"] == "yes"  # 4.1 / 3.9 = 1.05 <= 1.10
+    assert row_for(overhead, "tenet")["FLOP-implied ratio"] == "–"
+    assert row_for(overhead, "cifs + AT (÷ AT)")["Meets goal"] == "yes"
+    assert "alfa" not in [r[0] for r in overhead.rows]  # nothing measured: no row
+    assert row_for(tables["throughput"], "trainer_vs_bare_loop")["Meets goal"] == "yes"
+    assert tables["memory"].rows == [["ce", "512.00"], ["tenet", "700.50"]]
+    assert ["grouping_time_vs_channels.64", "0.01"] in tables["perf_other"].rows
+
+
+def test_perf_with_only_a_schema_or_odd_values_renders():
+    tables = perf_tables({"schema": "robustfeat.perf/1"}, load_yaml_goals())
+    assert [t.id for t in tables] == ["overhead"] and tables[0].rows == []
+    odd = {
+        "schema": "robustfeat.perf/1",
+        "step_time_ratio_vs_ce": [1.1, 1.2],
+        "trainer_vs_bare_loop": {"median": 0.9, "repeats": 5},
+        "peak_rss_mb": None,
+    }
+    tables = {t.id: t for t in perf_tables(odd, load_yaml_goals())}
+    assert tables["overhead"].rows == []
+    assert row_for(tables["throughput"], "trainer_vs_bare_loop")["Meets goal"] == "no"
+    assert ["step_time_ratio_vs_ce", "[1.1,1.2]"] in tables["perf_other"].rows
+    assert ["peak_rss_mb", "None"] in tables["perf_other"].rows
+
+
+def load_yaml_goals() -> dict:
+    from robustfeat.report.spec import DEFAULT_PERF_GOALS, load_yaml
+
+    return load_yaml(DEFAULT_PERF_GOALS)
+
+
+def test_provenance_warns_about_mixed_shas(tree):
+    table = provenance_table(groups_of(tree), PERF)
+    shas = [r for r in table.rows if r[0] == "git SHA"]
+    assert {r[1] for r in shas} == {"abc123", "sha0", "sha1"}
+    assert any("3 different git SHAs" in n for n in table.notes)
+    assert ["package", "torch", "2.14.1 (12 runs)"] in table.rows
+    wall = next(r for r in table.rows if r[0] == "wall time")
+    assert wall[1] == f"train {12 * 100 / 3600:.2f} h, eval {12 * 10 / 3600:.2f} h"
+
+
+# ------------------------------------------------------------------ figures
+def test_plots_appear_only_with_their_data(tree):
+    groups = groups_of(tree)
+    assert {p.id for p in make_plots(groups)} == {"eps", "severity", "cost", "per_class"}
+    eta = [
+        {
+            "epoch": e,
+            "train_seconds": 10.0 * e,
+            "loss": 2.0 / e,
+            "train_acc": 0.1 * e,
+            "eta": {"stage2": 0.1 * e, "stage3": 0.3},  # as L-ALFA's epoch_log() writes it
+        }
+        for e in (1, 2, 3)
+    ]
+    write_run(tree, "cpu", "lalfa", 0, results(0.85, method="lalfa"), epochs=eta)
+    plots = {p.id: p for p in make_plots(groups_of(tree))}
+    assert set(plots) == {"eps", "severity", "cost", "per_class", "training", "eta"}
+    assert all(p.png.startswith(b"\x89PNG\r\n\x1a\n") for p in plots.values())
+    lalfa = next(g for g in groups_of(tree) if g.cell == "lalfa")
+    assert eta_keys(lalfa) == ["eta/stage2", "eta/stage3"]
+    assert epoch_series(lalfa, "eta/stage2") == {1.0: [0.1], 2.0: [0.2], 3.0: [0.1 * 3]}
+
+
+# ------------------------------------------------------------------ README markers
+README = (
+    "# robustfeat\n\nintro\n\n<!-- results:start -->\nold table\n<!-- results:end -->\n\nrest\n"
+)
+
+
+def test_readme_section_replaced_between_markers_only():
+    new = replace_results_section(README, "| new | table |\n")
+    assert new == (
+        "# robustfeat\n\nintro\n\n<!-- results:start -->\n| new | table |\n"
+        "<!-- results:end -->\n\nrest\n"
+    )
+    assert replace_results_section(new, "| new | table |") == new  # idempotent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# no markers\n",
+        "<!-- results:start -->\n",
+        "<!-- results:end -->\nx\n<!-- results:start -->\n",
+        README + README,
+    ],
+)
+def test_readme_without_a_proper_marker_pair_is_an_error(text):
+    with pytest.raises(ConfigError, match="results"):
+        replace_results_section(text, "x")
+
+
+def test_mean_of_stat_is_exact_for_hand_values():
+    stat = summarize([0.1, 0.2, 0.6])
+    assert stat.mean == pytest.approx(0.3)
+    assert stat.std == pytest.approx(math.sqrt((0.04 + 0.01 + 0.09) / 2))
