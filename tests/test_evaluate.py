@@ -350,3 +350,39 @@ def test_combined_suites_union_attacks_first_label_wins():
         get_suite("standard+paper-nope")
     with pytest.raises(ConfigError, match="label modes"):
         get_suite("standard+paper-topgap")
+
+
+def test_shapes_suite_adds_cam_quality_and_the_spurious_shift_set(tmp_path):
+    from robustfeat.config import make_config
+    from robustfeat.train import train
+
+    cfg = make_config(
+        {
+            "model": "test_cnn",
+            "data": "shapes",
+            "epochs": 1,
+            "batch_size": 32,
+            "progress": False,
+            "data_args": {"n_train": 64, "n_test": 32, "spurious_p": 0.9},
+            "eval_suite": "shapes",
+        }
+    )
+    results = train(cfg, tmp_path / "run")
+    cam = results["cam"]
+    assert 0.0 <= cam["iou_best"] <= 1.0 and cam["n"] == 32
+    assert set(results["clean"]["per_class"]) == {
+        "circle",
+        "square",
+        "triangle",
+        "cross",
+        "ring",
+        "star",
+        "diamond",
+        "hexagon",
+        "L",
+        "T",
+    }
+    shift = results["shift"]["spurious_train_distribution"]
+    assert shift["n"] == 32 and shift["drop"] == pytest.approx(
+        results["clean"]["accuracy"] - shift["accuracy"]
+    )

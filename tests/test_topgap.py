@@ -174,10 +174,11 @@ def test_head_learning_rate_group():
         _method(head_lr=0.0)
 
 
-def test_cpu_cam_recipe_plans_the_sweep(tmp_path):
-    rows = plan("cpu-cam", results_dir=tmp_path)
-    cells = {cell.name: cell for cell, _, _ in rows}
+def test_cpu_recipes_plan_the_topgap_cells(tmp_path):
+    cells = {cell.name: cell for cell, _, _ in plan("cpu-sweeps", results_dir=tmp_path)}
+    cells.update({cell.name: cell for cell, _, _ in plan("cpu", results_dir=tmp_path)})
     assert {f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)} <= set(cells)
     assert cells["topgap_k1_no_fpn"].args == {"k": 1, "fpn": False}
-    cfg = make_config(load_recipe("cpu-cam"))
-    assert cfg.model == "resnet20" and cfg.epochs == 10 and cfg.eval_suite == "standard"
+    assert cells["topgap_k16_w64"].args == {"k": 16, "width": 64}
+    cfg = make_config(load_recipe("cpu-sweeps"))
+    assert cfg.model == "resnet20" and cfg.epochs == 10

@@ -177,20 +177,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def spurious_train_distribution(spec: str, data_args: dict[str, Any], n: int) -> Any:
-    """Fresh images of the biased training distribution of ``shapes`` (background colour tied to
-    the class with probability spurious_p), to compare with its unbiased test set: the train
-    split generated from the next seed, so none of them was trained on."""
-    from .data import load_dataset
-
-    options = {**data_args, "n_train": n, "render_seed": data_args.get("render_seed", 0) + 1}
-    return load_dataset(spec, "train", **options)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, print_summary
-    from .runs import load_run, read_run_config, run_info
+    from .runs import default_shift_sets, load_run, read_run_config, run_info
     from .train import resolve_device
 
     cfg = read_run_config(args.run_dir)
@@ -203,10 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not sep or not name or not shift_spec:
             raise RobustfeatError(f"--shift must look like NAME=SPEC, got {item!r}")
         shift[name] = load_dataset(shift_spec, "test")
-    if spec == "shapes" and cfg.data_args.get("spurious_p", 0) > 0:
-        shift["spurious_train_distribution"] = spurious_train_distribution(
-            spec, cfg.data_args, len(test)
-        )
+    if spec == cfg.data:
+        shift.update(default_shift_sets(cfg, len(test)))
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )

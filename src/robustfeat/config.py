@@ -79,6 +79,7 @@ class TrainConfig:
     nan_policy: str = "stop"
     eval_suite: str | None = "clean"
     eval_n: int | None = None
+    eval_n_aa: int | None = None  # AutoAttack / slow-attack subset (default: the suite's)
     progress: bool = True
 
     def validate(self) -> TrainConfig:

@@ -356,6 +356,11 @@ def evaluate(
             reference=corruption_reference,
             progress=ev.progress.enabled,
         )
+    # ---- CAM quality against ground-truth object masks (shapes, mosaics)
+    if spec.cam and test.masks is not None:
+        from .interpret.metrics import cam_quality
+
+        results["cam"] = cam_quality(method_or_model, test, n=spec.n_cam)
     # ---- distribution shift
     if shift:
         results["shift"] = {}

@@ -110,3 +110,19 @@ def run_info(cfg: TrainConfig, run_dir: str | Path | None = None) -> dict[str, A
         "config": cfg.to_dict(),
         **({"run_dir": str(run_dir)} if run_dir is not None else {}),
     }
+
+
+def default_shift_sets(cfg: TrainConfig, n: int) -> dict[str, Any]:
+    """Distribution-shift sets a run implies: for ``shapes`` trained with a spurious background
+    (spurious_p > 0), fresh images of the biased training distribution (the train split of the
+    next render seed, so none was trained on), to compare with its unbiased test set."""
+    if cfg.data != "shapes" or cfg.data_args.get("spurious_p", 0) <= 0:
+        return {}
+    from .data import load_dataset
+
+    options = {
+        **cfg.data_args,
+        "n_train": n,
+        "render_seed": cfg.data_args.get("render_seed", 0) + 1,
+    }
+    return {"spurious_train_distribution": load_dataset(cfg.data, "train", **options)}

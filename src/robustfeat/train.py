@@ -51,7 +51,7 @@ from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
 from .provenance import provenance
-from .runs import run_info
+from .runs import default_shift_sets, run_info
 
 CHECKPOINTS = "checkpoints"
 MIN_FREE_BYTES = 50 * 2**20
@@ -59,7 +59,7 @@ FAULT_ENV = "ROBUSTFEAT_FAULT"
 # Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
 RESUMABLE_KEYS = frozenset(
     {"device", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
-    | {"eval_suite", "eval_n", "deterministic"}
+    | {"eval_suite", "eval_n", "eval_n_aa", "deterministic"}
 )
 
 
@@ -753,6 +753,8 @@ class Trainer:
                     self.data.test,
                     suite=cfg.eval_suite or "clean",
                     n=cfg.eval_n,
+                    n_aa=cfg.eval_n_aa,
+                    shift=default_shift_sets(cfg, len(self.data.test)) or None,
                     run=run_info(cfg),
                 )
         results["run"]["train_seconds"] = train_seconds

@@ -49,6 +49,8 @@ class Suite:
     topk: tuple[int, ...] = (1,)
     per_class: bool = False
     corruptions: bool = False
+    cam: bool = False  # CAM quality (IoU, sparsity, peakiness, ERF) when the data has masks
+    n_cam: int = 1000
     labels: Literal["true", "predicted"] = "true"  # "predicted": robust = prediction unchanged
     n: int | None = None  # default size of the attacked subset (None: the whole test set)
     n_aa: int = 500  # default AutoAttack subset (a prefix of the attacked subset)
@@ -69,6 +71,13 @@ SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite("clean", "clean accuracy on the whole test set"),
+        Suite(
+            "shapes",
+            "shapes experiments: clean and per-class accuracy, CAM quality against the object "
+            "masks (localisation IoU, L1 sparsity, negative-CAM peakiness, ERF distance)",
+            per_class=True,
+            cam=True,
+        ),
         Suite(
             "quick",
             "demo scale, seconds on a tiny model: FGSM and PGD-10 at 8/255, the method's adaptive "
@@ -181,6 +190,17 @@ SUITES: dict[str, Suite] = {
             labels="predicted",
         ),
         Suite(
+            "topgap-extra",
+            "Top-GAP's extra attacks (Table 4 / Sec. 4.3) with true labels, to combine with "
+            "standard: PGD-50 (step 2/255), APGD-CE with 20 iterations and Square (5000 "
+            "queries) on the AutoAttack subset",
+            attacks=(
+                _pgd("pgd50", 50, 2 / 255),
+                AttackSpec("apgd_ce20", "apgd_ce", {"eps": EPS, "steps": 20}, subset="n_aa"),
+                AttackSpec("square", "square", {"eps": EPS}, subset="n_aa"),
+            ),
+        ),
+        Suite(
             "paper-alfa",
             "ALFA (Qin et al.), robustness paragraph: PGD-20 at 8/255 with step 2/255",
             attacks=(_pgd("pgd20", 20, 2 / 255, **LAST),),
@@ -219,6 +239,8 @@ def combine(suites: list[Suite]) -> Suite:
         topk=tuple(sorted({k for s in suites for k in s.topk})),
         per_class=any(s.per_class for s in suites),
         corruptions=any(s.corruptions for s in suites),
+        cam=any(s.cam for s in suites),
+        n_cam=first.n_cam,
         labels=first.labels,
         n=first.n,
         n_aa=first.n_aa,
