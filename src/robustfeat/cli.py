@@ -226,13 +226,15 @@ def _listers() -> dict[str, Callable[[], list[str]]]:
     from .attacks.suites import list_suites
     from .config import field_names, list_recipes
     from .data import list_datasets
+    from .data.augment import list_augments
     from .methods import list_methods
     from .models import list_models
 
     return {
         "models": lambda: [*list_models(), "timm/<any timm CNN, e.g. timm/resnet18>"],
         "methods": list_methods,
-        "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH"],
+        "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH", "mosaic:SPEC"],
+        "augments": list_augments,
         "schemes": list_schemes,
         "attacks": list_attacks,
         "suites": list_suites,
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument(
-        "what", help="models | methods | datasets | schemes | attacks | suites | recipes | config"
+        "what", help="models | methods | datasets | augments | schemes | attacks | suites | recipes | config"
     )
     p.set_defaults(func=cmd_list)
 
