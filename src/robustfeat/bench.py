@@ -110,14 +110,14 @@ def parse_cells(bench: dict[str, Any], recipe: str) -> list[Cell]:
     return cells
 
 
-def select(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+def select(cells: list[Cell], only: list[str] | None, flag: str = "--only") -> list[Cell]:
     """Cells whose name matches any of the ``only`` patterns (shell globs), in recipe order."""
     if not only:
         return cells
     chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
     if not chosen:
         raise ConfigError(
-            f"--only {only} matches no cell; cells: {', '.join(c.name for c in cells)}"
+            f"{flag} {only} matches no cell; cells: {', '.join(c.name for c in cells)}"
         )
     return chosen
 

@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument(
-        "what", help="models | methods | datasets | augments | schemes | attacks | suites | recipes | config"
+        "what",
+        help="models | methods | datasets | augments | schemes | attacks | suites | recipes | "
+        "config",
     )
     p.set_defaults(func=cmd_list)
 
@@ -374,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train every method briefly on the embedded shapes data and compare"
     )
     p.add_argument("-o", "--out", default="runs/demo")
-    p.add_argument("--methods", nargs="*", help="subset of methods (default: all registered)")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        help="subset of the demo cells by name, shell globs allowed (default: all)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
     return parser
