@@ -270,11 +270,9 @@ def test_bad_options_are_config_errors():
             small_cifs(**options)
 
 
-def test_compile_targets_are_the_original_blocks_and_weights_round_trip():
+def test_nothing_is_compiled_and_weights_round_trip():
     method = small_cifs()
-    targets = method.compile_targets()
-    assert not any(isinstance(t, ProbedNode) for t in targets)
-    assert method.probed[1].block in targets
+    assert method.compile_targets() == []  # the probe's double backward runs inside the forward
     other = small_cifs(imgf="softmax")
     torch.manual_seed(1)
     for p in other.parameters():

@@ -193,11 +193,9 @@ def test_default_stage_is_the_second_to_last_stage() -> None:
     assert create_method("tenet", model).stage == "stage3"
 
 
-def test_only_the_feature_extractor_is_compiled() -> None:
+def test_the_whole_backbone_is_the_compile_target() -> None:
     method = tiny()
-    nodes = dict(method.model._nodes)
-    expected = [nodes[name] for name in ("stem", "stage1.0", "stage2.0")]
-    assert method.compile_targets() == expected
+    assert method.compile_targets() == [method.model]  # F and D calls stay eager
 
 
 def test_options_are_validated() -> None:

@@ -64,8 +64,12 @@ class Method(nn.Module, abc.ABC):
         return {}
 
     def compile_targets(self) -> list[nn.Module]:
-        """Modules the trainer may ``torch.compile`` in place; by default the backbone's nodes."""
-        return [module for _, module in self.model._nodes]
+        """Modules the trainer may ``torch.compile`` in place; by default the whole backbone, one
+        graph for every ``self.model(x)`` call (calls of single nodes or ``run_from`` stay eager).
+        Compiling node by node instead made the CE step of the cpu recipe 2x slower than eager on
+        this 2-core CPU (benchmarks/trainer_overhead.py), so methods that cannot use one graph
+        return nothing."""
+        return [self.model]
 
     def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
         """Optimizer parameter groups; override to give some parameters their own lr or decay."""

@@ -268,9 +268,9 @@ class ProbedChannelMethod(Method):
         return out
 
     def compile_targets(self) -> list[nn.Module]:
-        """The backbone's nodes, with the original block (not the probe layer, whose relevance
-        gradient is a double backward) where a layer was inserted."""
-        return [m.block if isinstance(m, ProbedNode) else m for _, m in self.model._nodes]
+        """Nothing: the probe layers take a double-backward relevance gradient inside the forward,
+        so the backbone cannot be one graph, and node-wise compiling is slower than eager."""
+        return []
 
 
 @register_method

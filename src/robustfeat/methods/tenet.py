@@ -342,14 +342,6 @@ class Tenet(Method):
     def after_step(self) -> None:
         self.steps_done += 1
 
-    def compile_targets(self) -> list[torch.nn.Module]:
-        """Only F's nodes. D's run in train and eval mode, on the batch and on the subset of
-        correctly classified samples (a new size every step): with the blocks of a stage sharing
-        one compiled function, that exceeds dynamo's recompile limit (8), which then warns and
-        runs the rest eagerly anyway."""
-        last = self.model.resolve_node(self.stage)
-        return [module for _, module in self.model._nodes[: last + 1]]
-
     # ------------------------------------------------------------------ Eq. (3)'s gradient
     def saliency_gradient(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """dL_d/dA with L_d = score of class ``target`` of D(A), D in eval mode (official)."""
