@@ -590,6 +590,10 @@ def test_overhead_table_puts_measured_beside_flops_and_goal():
     assert row_for(overhead, "topgap")["Meets goal"] == "yes"  # 4.1 / 3.9 = 1.05 <= 1.10
     assert row_for(overhead, "tenet")["FLOP-implied ratio"] == "–"
     assert row_for(overhead, "cifs + AT (÷ AT)")["Meets goal"] == "yes"
+    per_scheme = {**PERF, "step_time_ratio_vs_at": {"cifs+fgsm_rs": {"step": 1.08, "flops": 1.0}}}
+    row = row_for(perf_tables(per_scheme, load_yaml_goals())[0], "cifs+fgsm_rs (÷ ce+fgsm_rs)")
+    assert (row["Step time ÷ CE"], row["FLOP-implied ratio"]) == ("1.08×", "1.00×")
+    assert row["Meets goal"] == "no"  # 1.08 > the CIFS + AT goal of 1.05
     assert "alfa" not in [r[0] for r in overhead.rows]  # nothing measured: no row
     assert row_for(tables["throughput"], "trainer_vs_bare_loop")["Meets goal"] == "yes"
     assert tables["memory"].rows == [["ce", "512.00"], ["tenet", "700.50"]]

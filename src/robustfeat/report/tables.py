@@ -413,16 +413,22 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
             ]
         )
     for name, raw in vs_at.items():
-        value = _ratio(raw)
-        goal = at_goals.get(name) or {}
+        # a plain ratio keyed by method ("cifs"), or {"step", "flops"} keyed by cell
+        # ("cifs+fgsm_rs", as benchmarks/perf.py writes it)
+        step, flop_raw = (
+            (raw.get("step"), raw.get("flops")) if isinstance(raw, dict) else (raw, None)
+        )
+        value, flop = _ratio(step), _ratio(flop_raw)
+        method, _, scheme = name.partition("+")
+        goal = at_goals.get(name) or at_goals.get(method) or {}
         rows.append(
             [
-                f"{name} + AT (÷ AT)",
+                f"{name} (÷ ce+{scheme})" if scheme else f"{name} + AT (÷ AT)",
                 _fmt(value),
-                "–",
-                "–",
-                goal_text(goal),
-                meets(value, goal, None, slack),
+                _fmt(flop),
+                _fmt(value / flop if value is not None and flop else None, ""),
+                goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
+                meets(value, goal, flop, slack),
             ]
         )
     notes = [
