@@ -110,6 +110,11 @@ def parse_cells(bench: dict[str, Any], recipe: str) -> list[Cell]:
     return cells
 
 
+def recipe_cells(recipe: str) -> list[Cell]:
+    """The cells of a recipe's ``bench:`` section."""
+    return parse_cells(read_yaml(recipe_path(recipe)).get("bench"), recipe)
+
+
 def select(cells: list[Cell], only: list[str] | None, flag: str = "--only") -> list[Cell]:
     """Cells whose name matches any of the ``only`` patterns (shell globs), in recipe order."""
     if not only:
@@ -130,7 +135,7 @@ def plan(
 ) -> list[tuple[Cell, int, bool]]:
     """(cell, seed, already done) for every selected run, validating each config up front."""
     base = load_recipe(recipe)
-    cells = select(parse_cells(read_yaml(recipe_path(recipe)).get("bench"), recipe), only)
+    cells = select(recipe_cells(recipe), only)
     rows = []
     for cell in cells:
         for seed in seeds if seeds is not None else cell.seeds:

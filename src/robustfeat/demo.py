@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .bench import parse_cells, select
-from .config import load_recipe, make_config, read_yaml, recipe_path
+from .bench import recipe_cells, select
+from .config import load_recipe, make_config
 from .data import prepare_data
 from .train import train
 
@@ -51,9 +51,7 @@ def run_demo(
     """
     console = Console()
     recipe = load_recipe("demo")
-    cells = select(
-        parse_cells(read_yaml(recipe_path("demo")).get("bench"), "demo"), methods, "--methods"
-    )
+    cells = select(recipe_cells("demo"), methods, "--methods")
     layer = {"seed": seed, "progress": False, **(overrides or {})}
     base = make_config(recipe, layer)
     data = prepare_data(base.data, seed=base.data_seed, **base.data_args)

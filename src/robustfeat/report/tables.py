@@ -380,6 +380,20 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def overhead_row(
+    label: str, value: float | None, flop: float | None, goal: dict[str, Any], slack: float
+) -> list[str]:
+    """Measured ratio, FLOP-implied ratio, their quotient, the goal and whether it is met."""
+    return [
+        label,
+        _fmt(value),
+        _fmt(flop),
+        _fmt(value / flop if value is not None and flop else None, ""),
+        goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
+        meets(value, goal, flop, slack),
+    ]
+
+
 def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
     vs_ce = _mapping(perf.get("step_time_ratio_vs_ce"))
     flops = _mapping(perf.get("flop_ratio_vs_ce"))
@@ -401,17 +415,7 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
         value, flop = _ratio(vs_ce.get(name)), _ratio(flops.get(name))
         if value is None and flop is None:
             continue
-        goal = ce_goals.get(name) or {}
-        rows.append(
-            [
-                name,
-                _fmt(value),
-                _fmt(flop),
-                _fmt(value / flop if value is not None and flop else None, ""),
-                goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
-                meets(value, goal, flop, slack),
-            ]
-        )
+        rows.append(overhead_row(name, value, flop, ce_goals.get(name) or {}, slack))
     for name, raw in vs_at.items():
         # a plain ratio keyed by method ("cifs"), or {"step", "flops"} keyed by cell
         # ("cifs+fgsm_rs", as benchmarks/perf.py writes it)
@@ -420,17 +424,9 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
         )
         value, flop = _ratio(step), _ratio(flop_raw)
         method, _, scheme = name.partition("+")
+        label = f"{name} (÷ ce+{scheme})" if scheme else f"{name} + AT (÷ AT)"
         goal = at_goals.get(name) or at_goals.get(method) or {}
-        rows.append(
-            [
-                f"{name} (÷ ce+{scheme})" if scheme else f"{name} + AT (÷ AT)",
-                _fmt(value),
-                _fmt(flop),
-                _fmt(value / flop if value is not None and flop else None, ""),
-                goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
-                meets(value, goal, flop, slack),
-            ]
-        )
+        rows.append(overhead_row(label, value, flop, goal, slack))
     notes = [
         "Training-step time of each method relative to CE on the same model and batch "
         "(interleaved, median of repeats), beside the ratio its extra FLOPs imply: a ratio far "
