@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustfeat import train as train_module
 from robustfeat.cli import main
 from robustfeat.config import make_config
 from robustfeat.data import prepare_data
 from robustfeat.errors import ConfigError, UnknownNameError
+from robustfeat.evaluate import evaluate
 from robustfeat.io import load_tensors
-from robustfeat.train import lr_factor, train
+from robustfeat.methods import create_method
+from robustfeat.models import create_model
+from robustfeat.train import BestEpoch, lr_factor, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = {
@@ -202,3 +206,58 @@ def test_unknown_method_option_is_rejected_before_training(tmp_path, tiny_data):
     with pytest.raises(UnknownNameError):
         train(make_config(TINY, {"at": "pgd_att"}), tmp_path / "y", data=tiny_data)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_best_epoch_update_keeps_the_first_maximum():
+    best = BestEpoch()
+    assert [best.update(s) for s in (0.2, 0.5, 0.5, 0.1)] == [True, True, False, False]
+    assert (best.epoch, best.score, best.scores) == (2, 0.5, [0.2, 0.5, 0.5, 0.1])
+
+
+def test_select_best_needs_a_validation_split_and_a_known_criterion():
+    with pytest.raises(ConfigError, match="val_fraction > 0"):
+        make_config(TINY, {"select_best": "pgd10"})
+    with pytest.raises(ConfigError, match="valid: clean, pgd10"):
+        make_config(TINY, {"select_best": "pgd20", "val_fraction": 0.2})
+
+
+def test_select_best_evaluates_the_best_epoch_without_changing_training(tmp_path, monkeypatch):
+    data = prepare_data("shapes", n_train=256, n_test=128, val_fraction=0.25)
+    base = {"epochs": 4, "val_fraction": 0.25}
+    plain = train(make_config(TINY, base), tmp_path / "plain", data=data)
+    scores = iter([0.1, 0.9, 0.3, 0.2])  # epoch 2 is the best, so it is evaluated too
+    monkeypatch.setattr(train_module, "selection_score", lambda *a: next(scores))
+    results = train(make_config(TINY, base, {"select_best": "clean"}), tmp_path / "sel", data=data)
+    run = tmp_path / "sel"
+    # scoring the epochs does not change what is trained
+    final, plain_final = (
+        load_tensors(p / "weights.safetensors") for p in (run, tmp_path / "plain")
+    )
+    assert all(torch.equal(final[k], plain_final[k]) for k in final)
+    assert results["clean"]["accuracy"] == plain["clean"]["accuracy"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_clean"] for r in records if "img_per_s" in r] == [0.1, 0.9, 0.3, 0.2]
+    best = results["best_epoch"]
+    assert (best["epoch"], best["score"], best["last_epoch"], best["n_val"]) == (
+        2,
+        0.9,
+        4,
+        len(data.val),
+    )
+    assert json.loads((run / "state.json").read_text())["best"]["epoch"] == 2
+    # best.safetensors holds epoch 2's weights, and the evaluation is of those weights
+    method = create_method(
+        "ce", create_model("resnet20", 10, width=4, mean=data.mean, std=data.std)
+    )
+    method.load_state_dict(load_tensors(run / "best.safetensors"))
+    assert any(not torch.equal(method.state_dict()[k], final[k]) for k in final)
+    accuracy = evaluate(method, data.test)["clean"]["accuracy"]
+    assert best["evaluation"]["clean"]["accuracy"] == accuracy
+
+
+def test_pgd10_selection_score_is_at_most_clean_accuracy(tiny_data):
+    torch.manual_seed(0)
+    method = create_method("ce", create_model("resnet20", 10, width=4))
+    clean = train_module.selection_score(method, tiny_data.test, "clean")
+    robust = train_module.selection_score(method, tiny_data.test, "pgd10")
+    assert 0.0 <= robust <= clean and clean > 0

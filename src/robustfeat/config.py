@@ -28,6 +28,7 @@ SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "amp")
 NOISE_TYPES = ("symmetric", "asymmetric")
 NAN_POLICIES = ("stop", "skip")
+SELECTION_CRITERIA = ("clean", "pgd10")
 
 
 @dataclass
@@ -80,6 +81,9 @@ class TrainConfig:
     eval_suite: str | None = "clean"
     eval_n: int | None = None
     eval_n_aa: int | None = None  # AutoAttack / slow-attack subset (default: the suite's)
+    # best-epoch selection on the validation split (needs val_fraction > 0): "clean" accuracy or
+    # "pgd10" robust accuracy after every epoch; the best epoch is evaluated beside the last
+    select_best: str | None = None
     progress: bool = True
 
     def validate(self) -> TrainConfig:
@@ -90,6 +94,13 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("label_noise_type", self.label_noise_type, NOISE_TYPES)
         _choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        if self.select_best is not None:
+            _choice("select_best", self.select_best, SELECTION_CRITERIA)
+            if self.val_fraction <= 0:
+                raise ConfigError(
+                    f"config select_best={self.select_best!r} scores a validation split: set "
+                    "val_fraction > 0 (e.g. 0.02 holds out 2% of the training images)"
+                )
         _choice("padding_mode", self.padding_mode, ("reflect", "constant", "replicate"))
         _range("epochs", self.epochs, 1)
         _range("batch_size", self.batch_size, 1)

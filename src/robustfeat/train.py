@@ -7,7 +7,15 @@ re-seeded from (seed, step, rank) before each step, so a run resumed from any ch
 exactly the steps an uninterrupted run takes (bit-identical weights on CPU).
 
 Run directory: config.yaml, metrics.jsonl, state.json (points at the latest complete checkpoint
-directory under checkpoints/), weights.safetensors (final), results.json (evaluation).
+directory under checkpoints/), weights.safetensors (final), results.json (evaluation), and with
+``select_best`` best.safetensors (the weights of the best epoch on the validation split).
+
+Best epoch (``select_best``): after every epoch the validation split is scored (clean accuracy, or
+PGD-10 robust accuracy at 8/255 -- the early-stopping rule of Rice et al. 2020 that AT papers,
+CIFS among them, report as "best"); a validation split rather than the test set, so that picking
+the epoch does not peek at the numbers it reports. The scores go to metrics.jsonl; when the best
+epoch is not the last, its weights are evaluated with the same suite into
+``results["best_epoch"]["evaluation"]``.
 
 Faults: a checkpoint is written into ``step-N.tmp/`` and renamed when complete, then state.json
 is replaced atomically, so a kill -9 at any point leaves the previous checkpoint usable; a resume
@@ -28,7 +36,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +48,15 @@ from torch import nn
 
 from . import io
 from .adversarial.schemes import Scheme, create_scheme
+from .attacks.base import create_attack
 from .config import TrainConfig, read_yaml
 from .data import DataSplits, prepare_data
 from .data.augment import create_augment
+from .data.base import ImageDataset
 from .data.loader import BatchLoader
 from .data.transforms import Augment, default_train_augment
 from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
-from .evaluate import evaluate
+from .evaluate import Progress, clean_accuracy, evaluate, fraction, run_attack
 from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
@@ -214,6 +224,10 @@ class RunDir:
     def results(self) -> Path:
         return self.root / "results.json"
 
+    @property
+    def best_weights(self) -> Path:
+        return self.root / "best.safetensors"
+
     def checkpoint(self, step: int) -> Path:
         return self.root / CHECKPOINTS / f"step-{step:09d}"
 
@@ -277,7 +291,7 @@ class RunDir:
     def reset(self) -> None:
         """A fresh run into this directory: forget a previous run's state, so that a later
         ``--resume`` can never continue a different run's checkpoint."""
-        for path in (self.state, self.results, self.weights, self.metrics):
+        for path in (self.state, self.results, self.weights, self.metrics, self.best_weights):
             path.unlink(missing_ok=True)
         for tmp in self.root.glob(f".*{io.TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
@@ -439,6 +453,37 @@ class MetricsLog:
                 raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
 
 
+# ------------------------------------------------------------------ best-epoch selection
+def selection_score(method: Method, val: ImageDataset, criterion: str) -> float:
+    """The validation score of ``select_best``: clean accuracy, or PGD-10 robust accuracy
+    (L-inf 8/255, step 2/255, random start, fixed seed: every epoch faces the same attack)."""
+    model = method.eval_model()
+    # eager: the eval-mode shapes would otherwise recompile the training graph
+    with torch.compiler.set_stance("force_eager"):
+        if criterion == "clean":
+            return clean_accuracy(model, val)
+        attack = create_attack("pgd", eps=8 / 255, steps=10, step_size=2 / 255, seed=0)
+        record = run_attack(model, attack, val, 250, (1,), Progress(False), "select")
+    return fraction(record.correct["1"])
+
+
+@dataclass
+class BestEpoch:
+    """The running best of ``select_best`` (kept in state.json, so a resume continues it)."""
+
+    epoch: int = 0
+    score: float = -1.0
+    scores: list[float] = field(default_factory=list)  # one per finished epoch
+
+    def update(self, score: float) -> bool:
+        """Record the score of the epoch just finished; whether it is the new best."""
+        self.scores.append(score)
+        if score > self.score:  # ties keep the earlier epoch
+            self.epoch, self.score = len(self.scores), score
+            return True
+        return False
+
+
 # ------------------------------------------------------------------ the trainer
 @dataclass
 class Trainer:
@@ -449,6 +494,7 @@ class Trainer:
     scheme: Scheme
     device: torch.device
     dist: Distributed
+    best: BestEpoch = field(default_factory=BestEpoch)
 
     @classmethod
     def create(cls, cfg: TrainConfig, out: str | Path, data: DataSplits | None = None) -> Trainer:
@@ -572,6 +618,7 @@ class Trainer:
             run.check_resume_config(cfg)
             state, ckpt = load_checkpoint(run, self.method, optimizer)
             step = state["step"]
+            self.best = BestEpoch(**state.get("best", {}))
             if self.dist.main:
                 run.remove_stale(keep=ckpt)
                 run.truncate_metrics(step)
@@ -626,7 +673,6 @@ class Trainer:
                     if at_epoch_end or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                         seconds = time.perf_counter() - epoch_start
                         train_seconds += seconds
-                        epoch_start = time.perf_counter()
                         if at_epoch_end:
                             record = {
                                 "epoch": epoch + 1,
@@ -636,6 +682,7 @@ class Trainer:
                                 "img_per_s": epoch_images / max(seconds, 1e-9),
                                 "train_seconds": train_seconds,
                                 **self.method.epoch_log(),
+                                **self.select_epoch(),
                             }
                             log.write(record)
                             self.console_log(_epoch_line(record))
@@ -650,11 +697,12 @@ class Trainer:
                                     "train_seconds": train_seconds,
                                     "finished": step >= total,
                                     "epoch_metrics": None if at_epoch_end else metrics.state_dict(),
+                                    "best": asdict(self.best),
                                 },
                             )
                         if self.dist.world_size > 1:
                             dist.barrier()
-                        epoch_images = 0
+                        epoch_start, epoch_images = time.perf_counter(), 0
         return self.finish(train_seconds)
 
     def _train_step(
@@ -697,6 +745,19 @@ class Trainer:
                 self.method.after_step()
                 metrics.add(out, y)
                 good = [b.detach().clone() for b in buffers]
+
+    def select_epoch(self) -> dict[str, float]:
+        """Score the epoch just finished for ``select_best`` (main rank) and keep its weights
+        when it is the best so far; the score for the epoch's log record."""
+        criterion = self.cfg.select_best
+        if criterion is None or not self.dist.main:
+            return {}
+        assert self.data.val is not None  # config validation requires val_fraction > 0
+        score = selection_score(self.method, self.data.val, criterion)
+        self.method.train()
+        if self.best.update(score):
+            io.save_tensors(self.run.best_weights, self.method.state_dict())
+        return {f"val_{criterion}": score}
 
     @contextlib.contextmanager
     def _progress(self, total: int, start: int) -> Iterator[Any]:
@@ -742,21 +803,9 @@ class Trainer:
         )
         fault_point("final_weights")
         start = time.perf_counter()
-        # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
-        # and the many eval shapes/modes do not trigger a recompilation of every node.
-        with torch.compiler.set_stance("force_eager"):
-            if self.data.test.multilabel:  # the attack suite assumes single labels
-                results = evaluate_multilabel(self.method, self.data.test, run=run_info(cfg))
-            else:
-                results = evaluate(
-                    self.method,
-                    self.data.test,
-                    suite=cfg.eval_suite or "clean",
-                    n=cfg.eval_n,
-                    n_aa=cfg.eval_n_aa,
-                    shift=default_shift_sets(cfg, len(self.data.test)) or None,
-                    run=run_info(cfg),
-                )
+        results = self.evaluate_test(shift=True)
+        if cfg.select_best is not None:
+            results["best_epoch"] = self.evaluate_best()
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         fault_point("eval")
@@ -764,10 +813,51 @@ class Trainer:
         self.console_log(f"clean test accuracy {results['clean']['accuracy']:.4f} -> {run.results}")
         return results
 
+    def evaluate_test(self, shift: bool) -> dict[str, Any]:
+        """The config's evaluation of the current weights on the test split (+ shift sets)."""
+        cfg = self.cfg
+        # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
+        # and the many eval shapes/modes do not trigger a recompilation of every node.
+        with torch.compiler.set_stance("force_eager"):
+            if self.data.test.multilabel:  # the attack suite assumes single labels
+                return evaluate_multilabel(self.method, self.data.test, run=run_info(cfg))
+            return evaluate(
+                self.method,
+                self.data.test,
+                suite=cfg.eval_suite or "clean",
+                n=cfg.eval_n,
+                n_aa=cfg.eval_n_aa,
+                shift=(default_shift_sets(cfg, len(self.data.test)) if shift else None) or None,
+                run=run_info(cfg),
+            )
+
+    def evaluate_best(self) -> dict[str, Any]:
+        """``results["best_epoch"]``: the selection record, and the test evaluation of the best
+        epoch's weights when that is not the last epoch (``None``: the last is the best)."""
+        assert self.data.val is not None
+        best, path = self.best, self.run.best_weights
+        entry: dict[str, Any] = {
+            "criterion": self.cfg.select_best,
+            "n_val": len(self.data.val),
+            **asdict(best),
+            "last_epoch": len(best.scores),
+            "evaluation": None,
+        }
+        if best.epoch != len(best.scores):
+            io.load_state_into(self.method, io.load_tensors(path), path)
+            best_results = self.evaluate_test(shift=False)
+            entry["evaluation"] = {k: v for k, v in best_results.items() if k not in ("run",)}
+            io.load_state_into(self.method, io.load_tensors(self.run.weights), self.run.weights)
+        return entry
+
 
 def _epoch_line(record: dict[str, Any]) -> str:
     parts = [f"epoch {record['epoch']}"]
-    parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss") or k == "train_acc"]
+    parts += [
+        f"{k} {v:.4f}"
+        for k, v in record.items()
+        if k.startswith(("loss", "val_")) or k == "train_acc"
+    ]
     parts.append(f"{record['img_per_s']:.0f} img/s")
     return "  ".join(parts)
 
