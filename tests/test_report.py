@@ -213,7 +213,7 @@ def test_parse_eps():
 def test_default_spec_holds_the_papers_tables_as_transcribed():
     spec = load_spec()
     tables = {t.id: t for t in spec.tables}
-    assert list(tables) == ["tenet", "hnc", "cifs", "cifs_topk", "topgap", "alfa"]
+    assert list(tables) == ["tenet", "hnc", "cifs", "cifs_best", "cifs_topk", "topgap", "alfa"]
     tenet = tables["tenet"]
     assert [c.label for c in tenet.columns] == [
         "Clean err.",
@@ -228,6 +228,8 @@ def test_default_spec_holds_the_papers_tables_as_transcribed():
     assert tables["cifs"].row("CIFS").paper["pgd100"].value == 48.70
     assert tables["cifs"].row("CIFS").paper["time"].value == 172
     assert tables["cifs_topk"].row("AT ResNet-18").paper["pgd2"].value == 71.71
+    assert tables["cifs_best"].row("Vanilla").paper["pgd100"].value == 49.47
+    assert {c.metric.epoch for c in tables["cifs_best"].columns} == {"best"}
     assert tables["topgap"].paper_scale == 100  # fractions in the paper
     assert tables["topgap"].row("Top-GAP (ours, PRN18)").paper["apgd"].approx
     alfa = tables["alfa"]
@@ -257,6 +259,7 @@ DEFAULT_ROWS = {
     "ce+fgsm_rs": {
         "tenet": "A.T. [24]",
         "cifs": "Vanilla",
+        "cifs_best": "Vanilla",
         "cifs_topk": "AT ResNet-18",
         "topgap": "FGSM-AT (PRN18)",
         "alfa": "Adversarial training",
@@ -264,6 +267,7 @@ DEFAULT_ROWS = {
     "ce+free_at": {
         "tenet": "A.T. [24]",
         "cifs": "Vanilla",
+        "cifs_best": "Vanilla",
         "cifs_topk": "AT ResNet-18",
         "alfa": "Adversarial training",
     },
@@ -271,8 +275,12 @@ DEFAULT_ROWS = {
     "hnc_mse": {"hnc": "HNC_mse"},
     "hnc_kd": {"hnc": "HNC_kd"},
     "topgap_k4": {"topgap": "Top-GAP (ours, PRN18)"},
-    "cifs+fgsm_rs": {"cifs": "CIFS", "cifs_topk": "CIFS (not in the paper's table)"},
-    "cas+free_at": {"cifs": "CAS"},
+    "cifs+fgsm_rs": {
+        "cifs": "CIFS",
+        "cifs_best": "CIFS",
+        "cifs_topk": "CIFS (not in the paper's table)",
+    },
+    "cas+free_at": {"cifs": "CAS", "cifs_best": "CAS"},
     "alfa": {"alfa": "ALFA"},
     "lalfa": {"alfa": "L-ALFA"},
     "feature_noise": {"alfa": "Random Noise"},
@@ -297,6 +305,7 @@ def test_default_mapping_puts_each_cell_in_its_paper_rows(cell):
         (lambda t: t["columns"][2]["metric"].pop("match"), "needs a `match`"),
         (lambda t: t["columns"][2]["metric"]["match"].update(colour="red"), "unknown match key"),
         (lambda t: t["rows"][0]["paper"].update(clean="high"), "a paper value is a number"),
+        (lambda t: t["columns"][0]["metric"].update(epoch="first"), "valid: last, best"),
     ],
 )
 def test_spec_errors_say_what_is_wrong(tmp_path, change, message):
@@ -310,6 +319,24 @@ def test_spec_errors_say_what_is_wrong(tmp_path, change, message):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=message):
         load_spec(path)
+
+
+def test_best_epoch_metrics_read_the_best_epochs_evaluation():
+    last = results(0.80, attacks=[attack("pgd20", "pgd", 0.30, steps=20)])
+    best_eval = results(0.78, attacks=[attack("pgd20", "pgd", 0.35, steps=20)])
+    pgd = Metric("attack", {"name": "pgd", "steps": 20}, epoch="best")
+
+    def run(best_epoch):
+        return Run(Path("r.json"), "cpu", "ce+fgsm_rs", 0, {**last, **best_epoch})
+
+    selected = run({"best_epoch": {"epoch": 7, "last_epoch": 10, "evaluation": best_eval}})
+    assert measure(selected, pgd) == pytest.approx(0.35)
+    assert measure(selected, Metric("clean", epoch="best")) == pytest.approx(0.78)
+    assert measure(selected, Metric("clean")) == pytest.approx(0.80)
+    # the last epoch was the best: same numbers; no selection at all: not measured
+    last_is_best = run({"best_epoch": {"epoch": 10, "last_epoch": 10, "evaluation": None}})
+    assert measure(last_is_best, pgd) == pytest.approx(0.30)
+    assert measure(run({}), pgd) is None
 
 
 def test_attack_metric_is_the_worst_over_matching_standard_and_adaptive_entries():
@@ -653,6 +680,12 @@ def test_plots_appear_only_with_their_data(tree):
     lalfa = next(g for g in groups_of(tree) if g.cell == "lalfa")
     assert eta_keys(lalfa) == ["eta/stage2", "eta/stage3"]
     assert epoch_series(lalfa, "eta/stage2") == {1.0: [0.1], 2.0: [0.2], 3.0: [0.1 * 3]}
+    selected = [{"epoch": e, "train_seconds": 1.0, "val_pgd10": v} for e, v in ((1, 0.2), (2, 0.3))]
+    write_run(tree, "cpu", "ce+fgsm_rs", 9, results(0.7, at="fgsm_rs"), epochs=selected)
+    plots = {p.id for p in make_plots(groups_of(tree))}
+    assert "selection" in plots
+    at_group = next(g for g in groups_of(tree) if g.cell == "ce+fgsm_rs")
+    assert epoch_series(at_group, "val_pgd10") == {1.0: [0.2], 2.0: [0.3]}
 
 
 # ------------------------------------------------------------------ README markers

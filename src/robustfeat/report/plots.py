@@ -183,6 +183,22 @@ def training_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | N
     return finish(fig, axes)
 
 
+def selection_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
+    """The per-epoch validation score of ``select_best`` runs (one panel per criterion)."""
+    keys = [k for k in ("val_pgd10", "val_clean") if any(epoch_series(g, k) for g in groups)]
+    if not keys:
+        return None
+    fig, axes = new_figure(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        for group in groups:
+            series = epoch_series(group, key)
+            if series:
+                draw_series(ax, series, group.key, palette[group.key])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {key.removeprefix('val_')} accuracy")
+    return finish(fig, axes)
+
+
 # ------------------------------------------------------------------ cost of robustness
 def _stat_of(group: CellGroup, get: Callable[[Run], Any]) -> Stat | None:
     return summarize(v for v in map(get, group.runs) if isinstance(v, (int, float)))
@@ -341,6 +357,14 @@ FIGURES: tuple[tuple[str, str, str, Callable[..., bytes | None]], ...] = (
         "Per-epoch training loss and accuracy from metrics.jsonl (on the training "
         "distribution, augmented / adversarial as the method trains).",
         training_plot,
+    ),
+    (
+        "selection",
+        "Validation accuracy per epoch (best-epoch selection)",
+        "Runs trained with select_best: the validation split's score after every epoch "
+        "(PGD-10 at 8/255 for the adversarial-training cells); the best epoch is evaluated "
+        "beside the last (CIFS Fig. 4: robust overfitting shows as a peak before the end).",
+        selection_plot,
     ),
     (
         "cost",

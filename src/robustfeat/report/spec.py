@@ -30,6 +30,7 @@ METRIC_KINDS = (
     "worst_case",
     "train_s_per_epoch",
 )
+EPOCHS = ("last", "best")  # which weights of a run: the final ones, or the best epoch's
 MATCH_KEYS = ("name", "eps", "steps", "restarts", "norm", "label", "loss", "kind")
 EPS_TOLERANCE = 1e-6
 
@@ -41,6 +42,7 @@ class Metric:
     error: bool = False  # show 1 - accuracy
     k: int = 1  # topk (clean or under the attack)
     ratio_to_reference: bool = False
+    epoch: str = "last"
 
     @property
     def higher_is_better(self) -> bool:
@@ -132,12 +134,16 @@ def _metric(raw: Any, where: str) -> Metric:
         raise ConfigError(f"{where}: an attack metric needs a `match`")
     if "eps" in match:
         match["eps"] = parse_eps(match["eps"])
+    epoch = raw.get("epoch", "last")
+    if epoch not in EPOCHS:
+        raise ConfigError(f"{where}: epoch is {epoch!r}; valid: {', '.join(EPOCHS)}")
     return Metric(
         kind=kind,
         match=match,
         error=bool(raw.get("error", False)),
         k=int(raw.get("k", 1)),
         ratio_to_reference=bool(raw.get("ratio_to_reference", False)),
+        epoch=epoch,
     )
 
 
@@ -303,9 +309,23 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def epoch_results(run: Run, epoch: str) -> dict[str, Any] | None:
+    """The evaluation of the run's last epoch, or of its best one (``select_best`` runs only;
+    a best epoch without its own evaluation is the last epoch)."""
+    if epoch == "last":
+        return run.results
+    best = run.results.get("best_epoch")
+    if not isinstance(best, dict):
+        return None
+    evaluation = best.get("evaluation")
+    return evaluation if isinstance(evaluation, dict) else run.results
+
+
 def measure(run: Run, metric: Metric) -> float | None:
     """The metric's value on one run (a fraction, or seconds), or None if not measured."""
-    r = run.results
+    r = epoch_results(run, metric.epoch)
+    if r is None:
+        return None
     clean = r.get("clean") if isinstance(r.get("clean"), dict) else {}
     value: float | None
     if metric.kind == "clean":
