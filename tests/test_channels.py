@@ -10,6 +10,7 @@ from robustfeat.interpret.channels import (
     channel_activation_analysis,
     penultimate_activations,
     plot_channel_activations,
+    relevance_summary,
 )
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
@@ -66,3 +67,49 @@ def test_analysis_orders_channels_by_the_class_weights_and_compares_natural_and_
 def test_bad_class_index_is_a_config_error(tiny_set):
     with pytest.raises(ConfigError, match="class_index"):
         channel_activation_analysis(create_model("test_cnn", num_classes=3), tiny_set, 3)
+
+
+def test_relevance_summary_averages_positive_and_negative_weight_channels():
+    weights = [0.5, 0.2, 0.0, -0.1, -0.4]  # PR: first two, NR: last two, the zero in neither
+    summary = relevance_summary(weights, {"adv": [1.0, 0.5, 9.0, 0.2, 0.4]})
+    assert summary["adv"]["pr"] == pytest.approx(0.75)
+    assert summary["adv"]["nr"] == pytest.approx(0.3)
+    assert relevance_summary([1.0], {"x": [2.0]})["x"] == {"pr": 2.0, "nr": None}
+
+
+def test_channels_cli_writes_numbers_plots_and_a_report_figure_index(tmp_path, capsys):
+    from robustfeat.cli import main
+    from robustfeat.config import make_config
+    from robustfeat.report.build import load_external_figures
+    from robustfeat.train import train
+
+    cfg = make_config(
+        {
+            "model": "test_cnn",
+            "method": "cifs",
+            "data": "shapes",
+            "data_args": {"n_train": 64, "n_test": 40},
+            "batch_size": 32,
+            "steps": 2,
+            "progress": False,
+        }
+    )
+    train(cfg, tmp_path / "run")
+    out = tmp_path / "channels"
+    args = ["channels", str(tmp_path / "run"), "--n", "3", "--steps", "2", "-o", str(out)]
+    # a class that is not in the data: one clear error, nothing written
+    assert main([*args, "--class", "zebra"]) == 2
+    assert "valid: " in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--class", "1", "--class", "0"]) == 0
+    result = json.loads((out / "cifs-seed0-class1.json").read_text())
+    assert result["class_index"] == 1 and result["n"] == 3
+    summary = result["relevance_summary"]
+    assert set(summary) == {
+        "natural_magnitude",
+        "natural_frequency",
+        "adversarial_magnitude",
+        "adversarial_frequency",
+    }
+    figures = load_external_figures(out)["CIFS"]
+    assert [f.id for f in figures] == ["ext-cifs-seed0-class1", "ext-cifs-seed0-class0"]
+    assert "PGD-2" in figures[0].caption

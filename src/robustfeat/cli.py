@@ -219,6 +219,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ channels
+def cmd_channels(args: argparse.Namespace) -> int:
+    import yaml
+
+    from . import io
+    from .data import load_dataset
+    from .interpret.channels import channel_activation_analysis, plot_channel_activations
+    from .runs import load_run, read_run_config
+    from .train import resolve_device
+
+    out = Path(args.out)
+    device = resolve_device(args.device)
+    runs = []
+    for run_dir in args.run_dirs:  # every run is checked before any output is written
+        cfg = read_run_config(run_dir)
+        spec = args.data or cfg.data
+        test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+        names = args.classes or ["0"]
+        classes = [_class_index(c, test.class_names, test.num_classes) for c in names]
+        method = load_run(run_dir, num_classes=test.num_classes, device=device)
+        runs.append((_run_label(cfg), method, test, classes))
+    figures = []
+    for label, method, test, classes in runs:
+        for index in classes:
+            result = channel_activation_analysis(method, test, index, steps=args.steps, n=args.n)
+            stem = f"{label}-class{index}"
+            io.write_json(out / f"{stem}.json", result)
+            plot_channel_activations(result, out / f"{stem}.png")
+            nat, adv = result["natural"], result["adversarial"]
+            caption = (
+                f"{label}, class {result['class_name']} ({result['n']} test images): natural "
+                f"accuracy {nat['accuracy']:.3f}, PGD-{args.steps} {adv['accuracy']:.3f}."
+            )
+            figures.append({"file": f"{stem}.png", "caption": caption, "section": "CIFS"})
+            print(f"{stem}: {caption} -> {out / stem}.json")
+    index_path = out / "index.yaml"
+    io.atomic_write_bytes(index_path, yaml.safe_dump({"figures": figures}).encode())
+    print(f"figure index for `robustfeat report --figures {out}`: {index_path}")
+    return 0
+
+
+def _class_index(name: str, class_names: Sequence[str] | None, num_classes: int) -> int:
+    if name.isdigit() and int(name) < num_classes:
+        return int(name)
+    if class_names and name in class_names:
+        return list(class_names).index(name)
+    valid = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
+    raise RobustfeatError(f"--class {name!r} is not a class of the data; valid: {valid}")
+
+
+def _run_label(cfg: Any) -> str:
+    return f"{cfg.method}{'+' + cfg.at if cfg.at else ''}-seed{cfg.seed}"
+
+
 # ------------------------------------------------------------------ list
 def _listers() -> dict[str, Callable[[], list[str]]]:
     from .adversarial import list_schemes
@@ -363,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_args(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "channels",
+        help="channel-wise activations of natural vs PGD data per class (CIFS Figs. 1/3)",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="class index or name (repeatable; default: 0)",
+    )
+    p.add_argument("--n", type=int, help="at most this many test images per class (default: all)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20, eps 8/255)")
+    p.add_argument("--data", help="test data spec (default: each run's config)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("-o", "--out", required=True, help="directory for the JSON, PNGs and index")
+    p.set_defaults(func=cmd_channels)
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument(

@@ -12,7 +12,10 @@ that class, natural and adversarial (PGD-20), reduced per channel to
 
 with the channels ordered by the classifier's weights for the class, in descending order (the
 weights indicate channel relevances, Sec. 3.1). ``channel_activation_analysis`` returns the
-numbers as a JSON-ready dict; ``plot_channel_activations`` draws the paper's three panels.
+numbers as a JSON-ready dict, with ``relevance_summary``: the means over positively-relevant
+(PR, weight > 0) and negatively-relevant (NR, weight < 0) channels -- the paper's claim in
+numbers (App. A.2: adversarial data activate NR channels more, CIFS suppresses NR and promotes
+PR channels); ``plot_channel_activations`` draws the paper's three panels.
 
 The PGD-20 default follows the CIFS evaluation (eps 8/255, step eps/10, no random start, CE on
 the final logits).
@@ -47,6 +50,22 @@ def activation_frequency(acts: torch.Tensor, threshold: float = THRESHOLD) -> to
     magnitude = acts.abs()
     limit = threshold * magnitude.amax(dim=1, keepdim=True)
     return (magnitude > limit).float().mean(dim=0)
+
+
+def relevance_summary(
+    weights_sorted: list[float], curves: dict[str, list[float]]
+) -> dict[str, dict[str, float | None]]:
+    """Per curve (aligned with ``weights_sorted``), its mean over the PR channels (weight > 0)
+    and over the NR channels (weight < 0); None when a group is empty."""
+    weights = torch.tensor(weights_sorted)
+    groups = {"pr": weights > 0, "nr": weights < 0}
+    return {
+        name: {
+            group: float(torch.tensor(values)[mask].mean()) if mask.any() else None
+            for group, mask in groups.items()
+        }
+        for name, values in curves.items()
+    }
 
 
 def _unwrap(method_or_model: Method | StagedModel) -> tuple[StagedModel, torch.nn.Module]:
@@ -110,7 +129,7 @@ def channel_activation_analysis(
     means = {kind: a.abs().mean(0) for kind, a in acts.items()}
     scale = max(float(m.max()) for m in means.values()) or 1.0
     count = index.numel()
-    return {
+    result = {
         "class_index": class_index,
         "class_name": data.class_names[class_index] if data.class_names else str(class_index),
         "n": count,
@@ -129,6 +148,15 @@ def channel_activation_analysis(
             for kind in acts
         },
     }
+    result["relevance_summary"] = relevance_summary(
+        result["weights_sorted"],
+        {
+            f"{kind}_{curve}": result[kind][curve]
+            for kind in acts
+            for curve in ("magnitude", "frequency")
+        },
+    )
+    return result
 
 
 def plot_channel_activations(result: dict[str, Any], path: str | Path) -> Path:
