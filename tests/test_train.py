@@ -253,6 +253,7 @@ def test_select_best_evaluates_the_best_epoch_without_changing_training(tmp_path
     assert any(not torch.equal(method.state_dict()[k], final[k]) for k in final)
     accuracy = evaluate(method, data.test)["clean"]["accuracy"]
     assert best["evaluation"]["clean"]["accuracy"] == accuracy
+    assert best["evaluation"]["subsets"]["n_aa"] == 0  # no AutoAttack on the best epoch
 
 
 def test_pgd10_selection_score_is_at_most_clean_accuracy(tiny_data):

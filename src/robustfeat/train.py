@@ -14,8 +14,8 @@ Best epoch (``select_best``): after every epoch the validation split is scored (
 PGD-10 robust accuracy at 8/255 -- the early-stopping rule of Rice et al. 2020 that AT papers,
 CIFS among them, report as "best"); a validation split rather than the test set, so that picking
 the epoch does not peek at the numbers it reports. The scores go to metrics.jsonl; when the best
-epoch is not the last, its weights are evaluated with the same suite into
-``results["best_epoch"]["evaluation"]``.
+epoch is not the last, its weights are evaluated with the same suite, without AutoAttack (the
+slowest part; CIFS's best-epoch Table B.2 has none), into ``results["best_epoch"]["evaluation"]``.
 
 Faults: a checkpoint is written into ``step-N.tmp/`` and renamed when complete, then state.json
 is replaced atomically, so a kill -9 at any point leaves the previous checkpoint usable; a resume
@@ -813,8 +813,9 @@ class Trainer:
         self.console_log(f"clean test accuracy {results['clean']['accuracy']:.4f} -> {run.results}")
         return results
 
-    def evaluate_test(self, shift: bool) -> dict[str, Any]:
-        """The config's evaluation of the current weights on the test split (+ shift sets)."""
+    def evaluate_test(self, shift: bool, n_aa: int | None = None) -> dict[str, Any]:
+        """The config's evaluation of the current weights on the test split (+ shift sets;
+        ``n_aa`` overrides the config's AutoAttack subset, 0: none)."""
         cfg = self.cfg
         # Evaluate eager and in fp32 (no autocast is active here): attacks see exact gradients,
         # and the many eval shapes/modes do not trigger a recompilation of every node.
@@ -826,7 +827,7 @@ class Trainer:
                 self.data.test,
                 suite=cfg.eval_suite or "clean",
                 n=cfg.eval_n,
-                n_aa=cfg.eval_n_aa,
+                n_aa=cfg.eval_n_aa if n_aa is None else n_aa,
                 shift=(default_shift_sets(cfg, len(self.data.test)) if shift else None) or None,
                 run=run_info(cfg),
             )
@@ -845,7 +846,7 @@ class Trainer:
         }
         if best.epoch != len(best.scores):
             io.load_state_into(self.method, io.load_tensors(path), path)
-            best_results = self.evaluate_test(shift=False)
+            best_results = self.evaluate_test(shift=False, n_aa=0)
             entry["evaluation"] = {k: v for k, v in best_results.items() if k not in ("run",)}
             io.load_state_into(self.method, io.load_tensors(self.run.weights), self.run.weights)
         return entry
