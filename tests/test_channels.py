@@ -113,3 +113,39 @@ def test_channels_cli_writes_numbers_plots_and_a_report_figure_index(tmp_path, c
     figures = load_external_figures(out)["CIFS"]
     assert [f.id for f in figures] == ["ext-cifs-seed0-class1", "ext-cifs-seed0-class0"]
     assert "PGD-2" in figures[0].caption
+
+
+def _png_size(path):
+    header = path.read_bytes()[16:24]  # IHDR width, height
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_cams_cli_draws_the_same_images_for_every_run(tmp_path, capsys):
+    from robustfeat.cli import main
+    from robustfeat.config import make_config
+    from robustfeat.report.build import load_external_figures
+    from robustfeat.train import train
+
+    runs = []
+    for method in ("ce", "hnc"):
+        cfg = make_config(
+            {
+                "model": "test_cnn",
+                "method": method,
+                "data": "shapes",
+                "data_args": {"n_train": 64, "n_test": 40},
+                "batch_size": 32,
+                "steps": 2,
+                "progress": False,
+            }
+        )
+        train(cfg, tmp_path / method)
+        runs.append(str(tmp_path / method))
+    out = tmp_path / "cams"
+    assert main(["cams", *runs, "--k", "10", "-o", str(out)]) == 2  # shapes has 10 classes
+    assert "--k must be in [1, 9]" in capsys.readouterr().err and not out.exists()
+    assert main(["cams", *runs, "--n", "3", "--k", "2", "-o", str(out)]) == 0
+    figures = load_external_figures(out)["CAM"]
+    assert [f.id for f in figures] == ["ext-ce-seed0-cams", "ext-hnc-seed0-cams"]
+    # 3 rows (images) x (image + positive + 2 negatives) columns at 1.6 x 1.7 in, 120 dpi
+    assert _png_size(out / "ce-seed0-cams.png") == (round(1.6 * 4 * 120), round(1.7 * 3 * 120))

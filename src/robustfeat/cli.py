@@ -220,26 +220,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ channels
-def cmd_channels(args: argparse.Namespace) -> int:
-    import yaml
-
-    from . import io
+def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
+    output is written."""
     from .data import load_dataset
-    from .interpret.channels import channel_activation_analysis, plot_channel_activations
     from .runs import load_run, read_run_config
     from .train import resolve_device
 
-    out = Path(args.out)
     device = resolve_device(args.device)
     runs = []
-    for run_dir in args.run_dirs:  # every run is checked before any output is written
+    for run_dir in args.run_dirs:
         cfg = read_run_config(run_dir)
         spec = args.data or cfg.data
         test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
-        names = args.classes or ["0"]
-        classes = [_class_index(c, test.class_names, test.num_classes) for c in names]
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
-        runs.append((_run_label(cfg), method, test, classes))
+        runs.append((_run_label(cfg), method, test))
+    return runs
+
+
+def write_figure_index(out: Path, figures: list[dict[str, str]]) -> None:
+    """``index.yaml`` of the figures in ``out``, for ``robustfeat report --figures``."""
+    import yaml
+
+    from . import io
+
+    index_path = out / "index.yaml"
+    io.atomic_write_bytes(index_path, yaml.safe_dump({"figures": figures}).encode())
+    print(f"figure index for `robustfeat report --figures {out}`: {index_path}")
+
+
+def cmd_channels(args: argparse.Namespace) -> int:
+    from . import io
+    from .interpret.channels import channel_activation_analysis, plot_channel_activations
+
+    out = Path(args.out)
+    runs = [
+        (
+            label,
+            method,
+            test,
+            [_class_index(c, test.class_names, test.num_classes) for c in args.classes or ["0"]],
+        )
+        for label, method, test in load_runs_for_figures(args)
+    ]
     figures = []
     for label, method, test, classes in runs:
         for index in classes:
@@ -254,9 +277,44 @@ def cmd_channels(args: argparse.Namespace) -> int:
             )
             figures.append({"file": f"{stem}.png", "caption": caption, "section": "CIFS"})
             print(f"{stem}: {caption} -> {out / stem}.json")
-    index_path = out / "index.yaml"
-    io.atomic_write_bytes(index_path, yaml.safe_dump({"figures": figures}).encode())
-    print(f"figure index for `robustfeat report --figures {out}`: {index_path}")
+    write_figure_index(out, figures)
+    return 0
+
+
+def cmd_cams(args: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import check
+    from .interpret.plots import save_cam_figure
+
+    out = Path(args.out)
+    check(args.n >= 1, f"--n must be >= 1, got {args.n}")
+    runs = load_runs_for_figures(args)
+    for label, _, test in runs:
+        check(
+            1 <= args.k < test.num_classes,
+            f"--k must be in [1, {test.num_classes - 1}] for {label} "
+            f"({test.num_classes} classes), got {args.k}",
+        )
+    figures = []
+    for label, method, test in runs:
+        # the same images for every run: a fixed seeded choice from the test split
+        count = min(args.n, len(test))
+        index = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
+        images = test.subset(index[:count])
+        device = next(method.parameters()).device
+        x = images.float_images(slice(0, count)).to(device)
+        y = images.labels.to(device)
+        path = out / f"{label}-cams.png"
+        title = f"{label}: positive CAM (+) and the top-{args.k} negative CAMs"
+        save_cam_figure(method.eval_model(), x, y, test.class_names, path, args.k, title)
+        caption = (
+            f"{label}: {count} test images (seed {args.seed}), the true class's map and the "
+            f"{args.k} most probable wrong classes' maps, one colour scale per row (HNC Fig. 1)."
+        )
+        figures.append({"file": path.name, "caption": caption, "section": "CAM"})
+        print(f"{label}: {path}")
+    write_figure_index(out, figures)
     return 0
 
 
@@ -436,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("-o", "--out", required=True, help="directory for the JSON, PNGs and index")
     p.set_defaults(func=cmd_channels)
+
+    p = sub.add_parser(
+        "cams", help="positive + top negative CAMs of trained runs on the same images (HNC Fig. 1)"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
+    p.add_argument("--n", type=int, default=6, help="test images (default 6)")
+    p.add_argument("--k", type=int, default=4, help="negative classes per image (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
+    p.add_argument("--data", help="test data spec (default: each run's config)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("-o", "--out", required=True, help="directory for the PNGs and index")
+    p.set_defaults(func=cmd_cams)
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument(
