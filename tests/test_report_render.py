@@ -142,6 +142,25 @@ def test_external_figures_with_caption_index(tmp_path):
         load_external_figures(figures)
 
 
+def test_report_merges_figure_directories_by_section(bench_results, tmp_path):
+    dirs = [tmp_path / "cams", tmp_path / "channels"]
+    for directory, names in zip(dirs, (["ce_cams", "hnc_cams"], ["cifs_class0"]), strict=True):
+        directory.mkdir()
+        for name in names:
+            tiny_png(directory / f"{name}.png")
+    (dirs[0] / "index.yaml").write_text(
+        "- {file: ce_cams.png, section: CAM}\n- {file: hnc_cams.png, section: CIFS}\n"
+    )
+    (dirs[1] / "index.yaml").write_text("- {file: cifs_class0.png, section: CIFS}\n")
+    out = tmp_path / "report"
+    args = ["report", str(bench_results), "-o", str(out)]
+    assert main([*args, "--figures", str(dirs[0]), "--figures", str(dirs[1])]) == 0
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("## CIFS") == 1 and markdown.count("## CAM") == 1
+    cifs = markdown.split("## CIFS")[1].split("\n## ")[0]
+    assert "figures/ext-hnc_cams.png" in cifs and "figures/ext-cifs_class0.png" in cifs
+
+
 CHECK_SCRIPT = """
 <script>
 window.__errors = [];

@@ -427,8 +427,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--figures",
-        help="directory of PNGs made elsewhere (CAM grids, CIFS channel plots) with an "
-        "optional index.yaml [{file, caption, title, section}]",
+        action="append",
+        default=[],
+        help="directory of PNGs made elsewhere (`robustfeat cams` / `channels`) with an "
+        "optional index.yaml [{file, caption, title, section}] (repeatable)",
     )
     p.add_argument(
         "--perf",

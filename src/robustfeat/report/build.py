@@ -106,7 +106,7 @@ def readme_markdown(cells: Table, perf: list[Table], groups: list[CellGroup], co
 def build(
     runs: Sequence[str | Path],
     *,
-    figures: str | Path | None = None,
+    figures: Sequence[str | Path] = (),
     perf: str | Path | None = None,
     tables: str | Path | None = None,
     perf_goals: str | Path | None = None,
@@ -145,9 +145,11 @@ def build(
     ]
     if plots:
         sections.append(Section("Figures", figures=make_plots(groups)))
-    if figures is not None:
-        for title, plots_in in load_external_figures(figures).items():
-            sections.append(Section(title, figures=plots_in))
+    external: dict[str, list[Plot]] = {}
+    for directory in figures:
+        for title, plots_in in load_external_figures(directory).items():
+            external.setdefault(title, []).extend(plots_in)
+    sections += [Section(title, figures=plots_in) for title, plots_in in external.items()]
     if perf_list:
         sections.append(
             Section(
