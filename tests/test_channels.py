@@ -94,9 +94,18 @@ def test_channels_cli_writes_numbers_plots_and_a_report_figure_index(tmp_path, c
             "progress": False,
         }
     )
-    train(cfg, tmp_path / "run")
+    train(cfg, tmp_path / "cifs" / "seed0")  # the bench layout: <cell>/seed<k>
     out = tmp_path / "channels"
-    args = ["channels", str(tmp_path / "run"), "--n", "3", "--steps", "2", "-o", str(out)]
+    args = [
+        "channels",
+        str(tmp_path / "cifs" / "seed0"),
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+    ]
     # a class that is not in the data: one clear error, nothing written
     assert main([*args, "--class", "zebra"]) == 2
     assert "valid: " in capsys.readouterr().err and not out.exists()
@@ -144,8 +153,10 @@ def test_cams_cli_draws_the_same_images_for_every_run(tmp_path, capsys):
     out = tmp_path / "cams"
     assert main(["cams", *runs, "--k", "10", "-o", str(out)]) == 2  # shapes has 10 classes
     assert "--k must be in [1, 9]" in capsys.readouterr().err and not out.exists()
+    assert main(["cams", runs[0], runs[0], "-o", str(out)]) == 2  # the same name twice
+    assert "duplicate figure names" in capsys.readouterr().err and not out.exists()
     assert main(["cams", *runs, "--n", "3", "--k", "2", "-o", str(out)]) == 0
     figures = load_external_figures(out)["CAM"]
-    assert [f.id for f in figures] == ["ext-ce-seed0-cams", "ext-hnc-seed0-cams"]
+    assert [f.id for f in figures] == ["ext-ce-cams", "ext-hnc-cams"]
     # 3 rows (images) x (image + positive + 2 negatives) columns at 1.6 x 1.7 in, 120 dpi
-    assert _png_size(out / "ce-seed0-cams.png") == (round(1.6 * 4 * 120), round(1.7 * 3 * 120))
+    assert _png_size(out / "ce-cams.png") == (round(1.6 * 4 * 120), round(1.7 * 3 * 120))

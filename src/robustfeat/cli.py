@@ -234,7 +234,13 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
         spec = args.data or cfg.data
         test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
-        runs.append((_run_label(cfg), method, test))
+        runs.append((run_label(run_dir), method, test))
+    labels = [label for label, _, _ in runs]
+    if len(set(labels)) < len(labels):
+        raise RobustfeatError(
+            f"the run directories give duplicate figure names {labels}: name them apart "
+            "(bench layout <cell>/seed<k>, or distinct directory names)"
+        )
     return runs
 
 
@@ -327,8 +333,13 @@ def _class_index(name: str, class_names: Sequence[str] | None, num_classes: int)
     raise RobustfeatError(f"--class {name!r} is not a class of the data; valid: {valid}")
 
 
-def _run_label(cfg: Any) -> str:
-    return f"{cfg.method}{'+' + cfg.at if cfg.at else ''}-seed{cfg.seed}"
+def run_label(run_dir: str | Path) -> str:
+    """A run's name in figure files: ``<cell>-seed<k>`` for the bench layout, else the
+    directory's name."""
+    path = Path(run_dir).resolve()
+    if path.name.startswith("seed") and path.name[4:].isdigit():
+        return f"{path.parent.name}-{path.name}"
+    return path.name
 
 
 # ------------------------------------------------------------------ list
