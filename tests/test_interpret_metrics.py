@@ -9,13 +9,16 @@ from torch import nn
 from robustfeat.bench import plan
 from robustfeat.data import load_dataset
 from robustfeat.data.base import ImageDataset
+from robustfeat.interpret.cam import class_maps, positives_mask
 from robustfeat.interpret.erf import erf_distance, erf_map, erf_value
 from robustfeat.interpret.metrics import (
+    cam_peakiness,
     cam_quality,
     cam_sparsity,
     iou_summary,
     localization_iou,
     negative_peakiness,
+    positive_peakiness,
 )
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
@@ -51,6 +54,28 @@ def test_negative_peakiness_hand_computed():
     positives = torch.tensor([[True, False, False]])
     assert negative_peakiness(cams, scores, positives, 1).item() == 0.0  # flat class 2 first
     assert negative_peakiness(cams, scores, positives, 2).item() == pytest.approx(0.75)
+    assert positive_peakiness(cams, positives).item() == pytest.approx(1.5)  # 4 - 2.5
+
+
+def test_cam_peakiness_ratio_is_negative_over_positive_per_sample():
+    torch.manual_seed(0)
+    model = create_model("test_cnn", num_classes=3).eval()
+    data = ImageDataset(
+        torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8),
+        torch.arange(6) % 3,
+        3,
+        ["a", "b", "c"],
+    )
+    result = cam_peakiness(model, data, n=5, k=2, batch_size=2)
+    x, y = data.float_images(slice(0, 5)), data.labels[:5]
+    with torch.no_grad():
+        maps, logits = class_maps(model, x), model(x)
+    positives = positives_mask(y, 3)
+    pos, neg = positive_peakiness(maps, positives), negative_peakiness(maps, logits, positives, 2)
+    assert result["n"] == 5 and result["k"] == 2
+    assert result["positive"] == pytest.approx(float(pos.mean()), rel=1e-5)
+    assert result["negative"] == pytest.approx(float(neg.mean()), rel=1e-5)
+    assert result["ratio"] == pytest.approx(float((neg / pos).mean()), rel=1e-5)
 
 
 class _BoxSum(nn.Module):

@@ -290,7 +290,9 @@ def cmd_channels(args: argparse.Namespace) -> int:
 def cmd_cams(args: argparse.Namespace) -> int:
     import torch
 
+    from . import io
     from .errors import check
+    from .interpret.metrics import cam_peakiness
     from .interpret.plots import save_cam_figure
 
     out = Path(args.out)
@@ -302,7 +304,7 @@ def cmd_cams(args: argparse.Namespace) -> int:
             f"--k must be in [1, {test.num_classes - 1}] for {label} "
             f"({test.num_classes} classes), got {args.k}",
         )
-    figures = []
+    figures, numbers = [], {}
     for label, method, test in runs:
         # the same images for every run: a fixed seeded choice from the test split
         count = min(args.n, len(test))
@@ -313,13 +315,18 @@ def cmd_cams(args: argparse.Namespace) -> int:
         y = images.labels.to(device)
         path = out / f"{label}-cams.png"
         title = f"{label}: positive CAM (+) and the top-{args.k} negative CAMs"
-        save_cam_figure(method.eval_model(), x, y, test.class_names, path, args.k, title)
+        model = method.eval_model()
+        save_cam_figure(model, x, y, test.class_names, path, args.k, title)
+        peaks = numbers[label] = cam_peakiness(model, test, args.n_metric, args.k)
         caption = (
             f"{label}: {count} test images (seed {args.seed}), the true class's map and the "
-            f"{args.k} most probable wrong classes' maps, one colour scale per row (HNC Fig. 1)."
+            f"{args.k} most probable wrong classes' maps, one colour scale per row (HNC Fig. 1). "
+            f"Over the first {peaks['n']} test images, negative / positive map peakiness "
+            f"(max - mean): {peaks['ratio']:.3f}."
         )
         figures.append({"file": path.name, "caption": caption, "section": "CAM"})
-        print(f"{label}: {path}")
+        print(f"{label}: {path}; negative / positive CAM peakiness {peaks['ratio']:.3f}")
+    io.write_json(out / "peakiness.json", numbers)
     write_figure_index(out, figures)
     return 0
 
@@ -515,9 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=6, help="test images (default 6)")
     p.add_argument("--k", type=int, default=4, help="negative classes per image (default 4)")
     p.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
+    p.add_argument(
+        "--n-metric",
+        type=int,
+        default=1000,
+        dest="n_metric",
+        help="test images for the peakiness numbers (default 1000)",
+    )
     p.add_argument("--data", help="test data spec (default: each run's config)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("-o", "--out", required=True, help="directory for the PNGs and index")
+    p.add_argument("-o", "--out", required=True, help="directory for the PNGs, numbers, index")
     p.set_defaults(func=cmd_cams)
 
     p = sub.add_parser("list", help="list registered names")
