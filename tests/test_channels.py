@@ -157,7 +157,9 @@ def test_cams_cli_draws_the_same_images_for_every_run(tmp_path, capsys):
     assert "duplicate figure names" in capsys.readouterr().err and not out.exists()
     assert main(["cams", *runs, "--n", "3", "--k", "2", "--n-metric", "20", "-o", str(out)]) == 0
     peaks = json.loads((out / "peakiness.json").read_text())
-    assert set(peaks) == {"ce", "hnc"} and peaks["ce"]["n"] == 20 and peaks["ce"]["k"] == 2
+    assert set(peaks["runs"]) == {"ce", "hnc"} and peaks["runs"]["ce"]["n"] == 20
+    assert peaks["runs"]["hnc"]["k"] == 2 and len(peaks["run_dirs"]) == 2
+    assert "git_sha" in peaks["provenance"]
     figures = load_external_figures(out)["CAM"]
     assert [f.id for f in figures] == ["ext-ce-cams", "ext-hnc-cams"]
     # 3 rows (images) x (image + positive + 2 negatives) columns at 1.6 x 1.7 in, 120 dpi

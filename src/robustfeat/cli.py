@@ -244,6 +244,18 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     return runs
 
 
+def figure_provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """What made a figure's numbers: the command line, the run directories, git SHA, versions
+    and machine."""
+    from .provenance import provenance
+
+    return {
+        "command": " ".join(["robustfeat", *sys.argv[1:]]),
+        "run_dirs": [str(Path(r).resolve()) for r in args.run_dirs],
+        "provenance": provenance(),
+    }
+
+
 def write_figure_index(out: Path, figures: list[dict[str, str]]) -> None:
     """``index.yaml`` of the figures in ``out``, for ``robustfeat report --figures``."""
     import yaml
@@ -274,7 +286,7 @@ def cmd_channels(args: argparse.Namespace) -> int:
         for index in classes:
             result = channel_activation_analysis(method, test, index, steps=args.steps, n=args.n)
             stem = f"{label}-class{index}"
-            io.write_json(out / f"{stem}.json", result)
+            io.write_json(out / f"{stem}.json", {**result, **figure_provenance(args)})
             plot_channel_activations(result, out / f"{stem}.png")
             nat, adv = result["natural"], result["adversarial"]
             caption = (
@@ -326,7 +338,7 @@ def cmd_cams(args: argparse.Namespace) -> int:
         )
         figures.append({"file": path.name, "caption": caption, "section": "CAM"})
         print(f"{label}: {path}; negative / positive CAM peakiness {peaks['ratio']:.3f}")
-    io.write_json(out / "peakiness.json", numbers)
+    io.write_json(out / "peakiness.json", {"runs": numbers, **figure_provenance(args)})
     write_figure_index(out, figures)
     return 0
 
