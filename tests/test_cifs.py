@@ -272,7 +272,7 @@ def test_bad_options_are_config_errors():
 
 def test_nothing_is_compiled_and_weights_round_trip():
     method = small_cifs()
-    assert method.compile_targets() == []  # the probe's double backward runs inside the forward
+    assert method.compile_targets() == []  # eager until compile pays off (see the docstring)
     other = small_cifs(imgf="softmax")
     torch.manual_seed(1)
     for p in other.parameters():

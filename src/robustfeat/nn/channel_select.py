@@ -14,10 +14,12 @@ Facts taken from the official CIFS code (HanshuYAN/CIFS), where the paper is sil
 the probe starts with global average pooling (linear: GAP -> Linear; MLP: GAP -> Linear(C, 128)
 -> Softplus(beta=5) -> Linear(128, K)); the relevance is computed on a detached copy of the
 features with ``create_graph=True``, so the probe also learns through the mask while the
-backbone gets gradient only through z and through the probe's own prediction; the softmax mask
-is used as is (it sums to 1 over channels; an earlier version multiplied it by 2, exposed here
-as ``mask_scale``). The probe and the mask run in float32 (tiny tensors; the softmax over
-relevances and the top-k choice are precision-sensitive under bf16 autocast).
+backbone gets gradient only through z and through the probe's own prediction (we compute that
+gradient in closed form, ``probe_input_gradient``: the same values and the same graph through
+the probe's weights, without a double backward inside the forward, so the network compiles);
+the softmax mask is used as is (it sums to 1 over channels; an earlier version multiplied it by
+2, exposed here as ``mask_scale``). The probe and the mask run in float32 (tiny tensors; the
+softmax over relevances and the top-k choice are precision-sensitive under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -61,26 +63,34 @@ def relevance_classes(
     return torch.cat([target.view(-1, 1), index[:, 1:]], dim=1)
 
 
+def probe_input_gradient(
+    probe: nn.Module, pooled: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """``d/d pooled  sum_j probe(pooled)[n, index[n, j]]`` (N, C) in closed form for the two
+    probes of ``make_probe``: linear ``sum_j W[i_j]``; MLP ``(sum_j W2[i_j] * softplus'(h)) W1``
+    with ``h = W1 pooled + b1`` and ``softplus_beta'(h) = sigmoid(beta h)``. Differentiable in
+    the probe's weights (as autograd's ``create_graph=True``) and in ``pooled`` if it is live."""
+    if isinstance(probe, nn.Linear):
+        return probe.weight[index].sum(1)
+    first, softplus, last = probe
+    slope = torch.sigmoid(softplus.beta * first(pooled))
+    return (last.weight[index].sum(1) * slope) @ first.weight
+
+
 def channel_relevance(
-    probe: nn.Module,
-    pooled: torch.Tensor,
-    k: int,
-    target: torch.Tensor | None = None,
-    create_graph: bool = False,
+    probe: nn.Module, pooled: torch.Tensor, k: int, target: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Channel relevances g^l (N, C), Eq. (1) of Yan et al. 2021:
     ``g = d/d delta  sum_{i in y^{l,k}} A(z + delta 1^T)_i  at delta = 0``.
 
     The probe starts with global average pooling, so a channel-wise shift delta_c shifts the
     pooled feature by delta_c and g equals the gradient with respect to the pooled features
-    ``pooled`` (= the spatial sum of dA/dz). ``pooled`` must require grad; whether it is a
-    detached copy (official) or the live features is the caller's choice.
+    ``pooled`` (= the spatial sum of dA/dz). Whether ``pooled`` is a detached copy (official)
+    or the live features is the caller's choice.
     """
-    logits = probe(pooled)
-    index = relevance_classes(logits.detach(), k, target)
-    selected = logits.gather(1, index).sum()
-    (relevance,) = torch.autograd.grad(selected, pooled, create_graph=create_graph)
-    return relevance
+    with torch.no_grad():  # the logits only choose the classes y^{l,k}
+        index = relevance_classes(probe(pooled), k, target)
+    return probe_input_gradient(probe, pooled, index)
 
 
 def importance_mask(
@@ -147,18 +157,10 @@ class ChannelSelect(nn.Module):
 
     def mask(self, pooled: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Importance mask (N, C) from GAP features; labels only count in training mode."""
-        track = torch.is_grad_enabled()
-        with torch.enable_grad():
-            source = pooled if self.exact_gradient and track else pooled.detach()
-            if not source.requires_grad:
-                source = source.requires_grad_(True)
-            relevance = channel_relevance(
-                self.probe,
-                source,
-                self.top_k,
-                target if self.training else None,
-                create_graph=track,
-            )
+        source = pooled if self.exact_gradient else pooled.detach()
+        relevance = channel_relevance(
+            self.probe, source, self.top_k, target if self.training else None
+        )
         m = importance_mask(relevance, self.imgf, self.alpha, self.temperature)
         return m * self.mask_scale
 
