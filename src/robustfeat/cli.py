@@ -185,8 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = read_run_config(args.run_dir)
     spec = args.data or cfg.data
-    # the run's dataset options belong to its dataset, not to one given with --data
-    test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+    test = run_test_split(cfg, spec)
     shift = {}
     for item in args.shift or []:
         name, sep, shift_spec = item.partition("=")
@@ -220,10 +219,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ channels
+def run_test_split(cfg: Any, spec: str) -> Any:
+    """The test split of ``spec`` (a run's data, or another dataset given with --data)."""
+    from .data import load_dataset
+
+    # the run's dataset options belong to its dataset, not to one given with --data
+    return load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+
+
 def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
     """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
     output is written."""
-    from .data import load_dataset
     from .runs import load_run, read_run_config
     from .train import resolve_device
 
@@ -231,8 +237,7 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     runs = []
     for run_dir in args.run_dirs:
         cfg = read_run_config(run_dir)
-        spec = args.data or cfg.data
-        test = load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+        test = run_test_split(cfg, args.data or cfg.data)
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
         runs.append((run_label(run_dir), method, test))
     labels = [label for label, _, _ in runs]
@@ -281,12 +286,12 @@ def cmd_channels(args: argparse.Namespace) -> int:
         )
         for label, method, test in load_runs_for_figures(args)
     ]
-    figures = []
+    figures, made_by = [], figure_provenance(args)
     for label, method, test, classes in runs:
         for index in classes:
             result = channel_activation_analysis(method, test, index, steps=args.steps, n=args.n)
             stem = f"{label}-class{index}"
-            io.write_json(out / f"{stem}.json", {**result, **figure_provenance(args)})
+            io.write_json(out / f"{stem}.json", {**result, **made_by})
             plot_channel_activations(result, out / f"{stem}.png")
             nat, adv = result["natural"], result["adversarial"]
             caption = (
@@ -472,6 +477,14 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_figure_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments every figure command (channels, cams) shares."""
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
+    p.add_argument("--data", help="test data spec (default: each run's config)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("-o", "--out", required=True, help=out_help)
+
+
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
@@ -512,7 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
         "channels",
         help="channel-wise activations of natural vs PGD data per class (CIFS Figs. 1/3)",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
     p.add_argument(
         "--class",
         dest="classes",
@@ -522,15 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, help="at most this many test images per class (default: all)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20, eps 8/255)")
-    p.add_argument("--data", help="test data spec (default: each run's config)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("-o", "--out", required=True, help="directory for the JSON, PNGs and index")
+    add_figure_run_args(p, "directory for the JSON, PNGs and index")
     p.set_defaults(func=cmd_channels)
 
     p = sub.add_parser(
         "cams", help="positive + top negative CAMs of trained runs on the same images (HNC Fig. 1)"
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
     p.add_argument("--n", type=int, default=6, help="test images (default 6)")
     p.add_argument("--k", type=int, default=4, help="negative classes per image (default 4)")
     p.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
@@ -541,9 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="n_metric",
         help="test images for the peakiness numbers (default 1000)",
     )
-    p.add_argument("--data", help="test data spec (default: each run's config)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("-o", "--out", required=True, help="directory for the PNGs, numbers, index")
+    add_figure_run_args(p, "directory for the PNGs, numbers, index")
     p.set_defaults(func=cmd_cams)
 
     p = sub.add_parser("list", help="list registered names")
