@@ -19,6 +19,7 @@ from robustfeat.report.plots import epoch_series, eta_keys, make_plots
 from robustfeat.report.spec import Metric, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
+    cam_table,
     cells_table,
     flags_table,
     paper_table,
@@ -306,6 +307,8 @@ def test_default_mapping_puts_each_cell_in_its_paper_rows(cell):
         (lambda t: t["columns"][2]["metric"]["match"].update(colour="red"), "unknown match key"),
         (lambda t: t["rows"][0]["paper"].update(clean="high"), "a paper value is a number"),
         (lambda t: t["columns"][0]["metric"].update(epoch="first"), "valid: last, best"),
+        (lambda t: t["columns"][0]["metric"].update(kind="cam"), "a cam metric needs `field`"),
+        (lambda t: t.update(exclude_recipes="cpu"), "`exclude_recipes` must be a list"),
     ],
 )
 def test_spec_errors_say_what_is_wrong(tmp_path, change, message):
@@ -505,6 +508,89 @@ def test_cells_are_compared_within_their_recipe(tmp_path):
     table = paper_table(load_spec().tables[0], groups_of(root))
     assert [r[1] for r in table.rows if r[0] == "Baseline [31]"] == ["cpu/ce", "demo/ce"]
     assert row_for(table, "TENET")["Clean err.: ours"] == "39.50 ± 0.71 ▲"  # vs cpu/ce only
+
+
+def test_paper_tables_take_only_their_recipes(tmp_path):
+    """shapes / low-data / sweep recipes reuse cell names like `ce`: they stay out of the papers'
+    tables (the default `exclude_recipes`), runs outside the bench layout still fill rows."""
+    root = tmp_path / "r"
+    write_run(root, "cpu", "ce", 0, results(0.5))
+    write_run(root, "shapes-cam", "ce", 0, results(0.9))
+    write_run(root, "paper-tenet", "ce", 0, results(0.7))
+    loose = tmp_path / "loose" / "my-run"
+    loose.mkdir(parents=True)
+    (loose / "results.json").write_text(json.dumps(results(0.6)))
+    spec = load_spec()
+    assert spec.tables[0].exclude_recipes == ("cpu-*", "shapes-*")
+    table = paper_table(spec.tables[0], group(collect([root, loose]).runs))
+    assert [r[1] for r in table.rows if r[0] == "Baseline [31]"] == [
+        "my-run",
+        "cpu/ce",
+        "paper-tenet/ce",
+    ]
+
+
+def cam_results(clean: float, method: str, data_args: dict, **cam: float) -> dict:
+    out = results(clean, method=method)
+    out["run"]["config"]["data"] = "shapes"
+    out["run"]["config"]["data_args"] = {"n_train": 10000, **data_args}
+    out["cam"] = {"n": 1000, "source": "cam", **cam}
+    return out
+
+
+def test_cam_table_compares_each_cell_with_ce_on_the_same_data(tmp_path):
+    root = tmp_path / "r"
+    small = {"size_range": [0.2, 0.3]}
+    for seed, (iou, iou_hnc, peak) in enumerate([(0.50, 0.60, 6.0), (0.52, 0.62, 6.2)]):
+        write_run(root, "shapes-cam", "ce", seed, cam_results(1.0, "ce", {}, iou_best=iou))
+        write_run(
+            root,
+            "shapes-cam",
+            "hnc_mse",
+            seed,
+            cam_results(1.0, "hnc", {}, iou_best=iou_hnc, neg_peakiness=peak / 3),
+        )
+    write_run(root, "shapes-cam", "small_ce", 0, cam_results(0.9, "ce", small, iou_best=0.4))
+    spurious = cam_results(0.7, "topgap", {"spurious_p": 0.9}, sparsity_l1=0.1234)
+    spurious["shift"] = {"spurious_train_distribution": {"accuracy": 0.95, "n": 2000}}
+    write_run(root, "shapes-cam", "spurious_topgap_k16", 0, spurious)
+    small_tg = cam_results(0.9, "topgap", small, iou_best=0.45, erf_distance=0.3)
+    write_run(root, "shapes-cam", "small_topgap_k32", 0, small_tg)
+    write_run(root, "cpu", "ce", 0, results(0.8))  # no CAM metrics: not in the table
+
+    table = cam_table(groups_of(root), load_spec())
+    assert [r[0] for r in table.rows] == [
+        "shapes-cam/ce",
+        "shapes-cam/hnc_mse",
+        "shapes-cam/small_ce",
+        "shapes-cam/small_topgap_k32",
+        "shapes-cam/spurious_topgap_k16",
+    ]
+    # IoU is a plain score, not a percentage; HNC is judged against CE on the same data
+    hnc = row_for(table, "shapes-cam/hnc_mse")
+    assert hnc["IoU (best thr.)"] == "0.610 ± 0.014 ▲"
+    assert hnc["Data options"] == "default"
+    assert hnc["Neg. peakiness"] == "2.033 ± 0.047"  # CE has no peakiness: no marker
+    # small objects: the reference is small_ce (one seed each: undecidable), not ce
+    small_row = row_for(table, "shapes-cam/small_topgap_k32")
+    assert small_row["Data options"] == "size_range [0.2, 0.3]"
+    assert small_row["IoU (best thr.)"] == "0.450 ?"
+    assert small_row["ERF distance"] == "0.300"
+    spur = row_for(table, "shapes-cam/spurious_topgap_k16")
+    assert spur["Biased-distribution acc."] == "95.00"
+    assert spur["L1 sparsity"] == "0.123"
+    assert spur["Clean"] == "70.00"
+
+
+def test_cam_table_is_absent_without_cam_metrics(tree):
+    assert cam_table(groups_of(tree), load_spec()) is None
+
+
+def test_lower_is_better_for_sparsity_and_peakiness():
+    assert not Metric("cam", field="sparsity_l1").higher_is_better
+    assert not Metric("cam", field="neg_peakiness").higher_is_better
+    assert Metric("cam", field="iou_best").higher_is_better
+    assert Metric("cam", field="erf_distance").higher_is_better
 
 
 def test_single_seed_cells_are_never_called_improvements(tmp_path):

@@ -29,7 +29,18 @@ METRIC_KINDS = (
     "mce",
     "worst_case",
     "train_s_per_epoch",
+    "cam",
+    "shift",
 )
+# results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
+# IoU and ERF distance up; L1 sparsity (Top-GAP Sec. 4.2) and negative-CAM peakiness (HNC) down
+CAM_FIELDS = {
+    "iou_best": True,
+    "iou_fixed": True,
+    "sparsity_l1": False,
+    "neg_peakiness": False,
+    "erf_distance": True,
+}
 EPOCHS = ("last", "best")  # which weights of a run: the final ones, or the best epoch's
 MATCH_KEYS = ("name", "eps", "steps", "restarts", "norm", "label", "loss", "kind")
 EPS_TOLERANCE = 1e-6
@@ -43,15 +54,18 @@ class Metric:
     k: int = 1  # topk (clean or under the attack)
     ratio_to_reference: bool = False
     epoch: str = "last"
+    field: str | None = None  # cam: a CAM_FIELDS key; shift: a shift set (None: the lowest)
 
     @property
     def higher_is_better(self) -> bool:
+        if self.kind == "cam":
+            return CAM_FIELDS[str(self.field)]
         return not (self.error or self.kind in ("clean_error", "mce", "train_s_per_epoch"))
 
     @property
     def is_fraction(self) -> bool:
-        """Accuracies and errors (shown in %), as opposed to seconds."""
-        return self.kind != "train_s_per_epoch"
+        """Accuracies and errors (shown in %), as opposed to seconds or plain CAM scores."""
+        return self.kind not in ("train_s_per_epoch", "cam")
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,13 @@ class PaperTable:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     notes: tuple[str, ...]
+    exclude_recipes: tuple[str, ...] = ()  # globs over bench recipes kept out of the rows
+
+    def takes(self, group: CellGroup) -> bool:
+        """Whether the group's recipe may fill this table (runs outside a recipe always may)."""
+        return group.recipe is None or not any(
+            fnmatch.fnmatchcase(group.recipe, pat) for pat in self.exclude_recipes
+        )
 
     def row(self, label: str) -> Row:
         for row in self.rows:
@@ -137,6 +158,12 @@ def _metric(raw: Any, where: str) -> Metric:
     epoch = raw.get("epoch", "last")
     if epoch not in EPOCHS:
         raise ConfigError(f"{where}: epoch is {epoch!r}; valid: {', '.join(EPOCHS)}")
+    field_name = raw.get("field")
+    if kind == "cam" and field_name not in CAM_FIELDS:
+        raise ConfigError(
+            f"{where}: a cam metric needs `field`, one of {', '.join(CAM_FIELDS)}; "
+            f"got {field_name!r}"
+        )
     return Metric(
         kind=kind,
         match=match,
@@ -144,6 +171,7 @@ def _metric(raw: Any, where: str) -> Metric:
         k=int(raw.get("k", 1)),
         ratio_to_reference=bool(raw.get("ratio_to_reference", False)),
         epoch=epoch,
+        field=None if field_name is None else str(field_name),
     )
 
 
@@ -164,7 +192,15 @@ def _paper_value(raw: Any, where: str) -> PaperValue | None:
     raise ConfigError(f"{where}: a paper value is a number, null or {{value, std, src, note}}")
 
 
-def _table(raw: Any, i: int) -> PaperTable:
+def _globs(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ConfigError(f"{where}: `exclude_recipes` must be a list of recipe names or globs")
+    return tuple(raw)
+
+
+def _table(raw: Any, i: int, recipes: tuple[str, ...]) -> PaperTable:
     where = f"table {i}"
     table_id = _need(raw, "id", where)
     where = f"table {table_id!r}"
@@ -220,6 +256,9 @@ def _table(raw: Any, i: int) -> PaperTable:
         columns=tuple(columns),
         rows=tuple(rows),
         notes=tuple(raw.get("notes") or ()),
+        exclude_recipes=(
+            _globs(raw["exclude_recipes"], where) if "exclude_recipes" in raw else recipes
+        ),
     )
 
 
@@ -244,7 +283,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
     data = load_yaml(path)
-    tables = tuple(_table(t, i) for i, t in enumerate(_need(data, "tables", str(path))))
+    recipes = _globs(data.get("exclude_recipes"), str(path))
+    tables = tuple(_table(t, i, recipes) for i, t in enumerate(_need(data, "tables", str(path))))
     return Spec(tables, str(data.get("reference_cell", "ce")))
 
 
@@ -347,6 +387,18 @@ def measure(run: Run, metric: Metric) -> float | None:
         worst = r.get("worst_case") if isinstance(r.get("worst_case"), dict) else {}
         # a "worst case" over no attack is just the clean accuracy: not a robustness number
         value = _number(worst.get("accuracy")) if worst.get("attack") != "clean" else None
+    elif metric.kind == "cam":
+        cam = r.get("cam") if isinstance(r.get("cam"), dict) else {}
+        value = _number(cam.get(str(metric.field)))
+    elif metric.kind == "shift":
+        shift = r.get("shift") if isinstance(r.get("shift"), dict) else {}
+        found = [
+            _number(entry.get("accuracy"))
+            for name, entry in shift.items()
+            if isinstance(entry, dict) and metric.field in (None, name)
+        ]
+        found = [v for v in found if v is not None]
+        value = min(found) if found else None
     else:
         return train_seconds_per_epoch(run)
     if value is not None and metric.error and metric.kind == "attack":
