@@ -200,7 +200,8 @@ def _globs(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _table(raw: Any, i: int, recipes: tuple[str, ...]) -> PaperTable:
+def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
+    """One table; ``exclude_recipes``: the file's default, unless the table sets its own."""
     where = f"table {i}"
     table_id = _need(raw, "id", where)
     where = f"table {table_id!r}"
@@ -257,7 +258,7 @@ def _table(raw: Any, i: int, recipes: tuple[str, ...]) -> PaperTable:
         rows=tuple(rows),
         notes=tuple(raw.get("notes") or ()),
         exclude_recipes=(
-            _globs(raw["exclude_recipes"], where) if "exclude_recipes" in raw else recipes
+            _globs(raw["exclude_recipes"], where) if "exclude_recipes" in raw else exclude_recipes
         ),
     )
 
@@ -283,8 +284,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
     data = load_yaml(path)
-    recipes = _globs(data.get("exclude_recipes"), str(path))
-    tables = tuple(_table(t, i, recipes) for i, t in enumerate(_need(data, "tables", str(path))))
+    excluded = _globs(data.get("exclude_recipes"), str(path))
+    tables = tuple(_table(t, i, excluded) for i, t in enumerate(_need(data, "tables", str(path))))
     return Spec(tables, str(data.get("reference_cell", "ce")))
 
 
