@@ -262,3 +262,30 @@ def test_pgd10_selection_score_is_at_most_clean_accuracy(tiny_data):
     clean = train_module.selection_score(method, tiny_data.test, "clean")
     robust = train_module.selection_score(method, tiny_data.test, "pgd10")
     assert 0.0 <= robust <= clean and clean > 0
+
+
+def test_adaptive_selection_is_the_worst_case_over_the_methods_attack_losses(
+    tiny_data, monkeypatch
+):
+    torch.manual_seed(0)
+    ce = create_method("ce", create_model("resnet20", 10, width=4))
+    plain = train_module.selection_score(ce, tiny_data.test, "pgd10")
+    # no attack losses: the adaptive score is the plain one
+    assert train_module.selection_score(ce, tiny_data.test, "pgd10_adaptive") == plain
+
+    cas = create_method("cas", create_model("resnet20", 10, width=4))
+    run_attack = train_module.run_attack
+    survivors: dict[str, torch.Tensor] = {}
+
+    def recording(model, attack, dataset, *args):
+        record = run_attack(model, attack, dataset, *args)
+        survivors[getattr(attack, "loss", "ce")] = record.correct["1"]
+        return record
+
+    monkeypatch.setattr(train_module, "run_attack", recording)
+    plain = train_module.selection_score(cas, tiny_data.test, "pgd10")
+    adaptive = train_module.selection_score(cas, tiny_data.test, "pgd10_adaptive")
+    losses = [f"adaptive:{name}" for name in cas.attack_losses()]
+    assert sorted(survivors) == sorted(["ce", *losses])
+    worst = torch.stack(list(survivors.values())).all(0).float().mean().item()
+    assert adaptive == pytest.approx(worst) and adaptive <= plain

@@ -28,7 +28,7 @@ SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "amp")
 NOISE_TYPES = ("symmetric", "asymmetric")
 NAN_POLICIES = ("stop", "skip")
-SELECTION_CRITERIA = ("clean", "pgd10")
+SELECTION_CRITERIA = ("clean", "pgd10", "pgd10_adaptive")
 
 
 @dataclass
@@ -81,8 +81,9 @@ class TrainConfig:
     eval_suite: str | None = "clean"
     eval_n: int | None = None
     eval_n_aa: int | None = None  # AutoAttack / slow-attack subset (default: the suite's)
-    # best-epoch selection on the validation split (needs val_fraction > 0): "clean" accuracy or
-    # "pgd10" robust accuracy after every epoch; the best epoch is evaluated beside the last
+    # best-epoch selection on the validation split (needs val_fraction > 0): "clean" accuracy,
+    # "pgd10" robust accuracy or "pgd10_adaptive" (worst case with the method's attack losses)
+    # after every epoch; the best epoch is evaluated beside the last
     select_best: str | None = None
     progress: bool = True
 

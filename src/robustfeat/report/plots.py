@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from ..config import SELECTION_CRITERIA
 from .collect import CellGroup, Run
 from .stats import Stat, summarize
 
@@ -185,7 +186,8 @@ def training_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | N
 
 def selection_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
     """The per-epoch validation score of ``select_best`` runs (one panel per criterion)."""
-    keys = [k for k in ("val_pgd10", "val_clean") if any(epoch_series(g, k) for g in groups)]
+    criteria = [f"val_{c}" for c in reversed(SELECTION_CRITERIA)]
+    keys = [k for k in criteria if any(epoch_series(g, k) for g in groups)]
     if not keys:
         return None
     fig, axes = new_figure(len(keys))
