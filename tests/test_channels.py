@@ -64,6 +64,22 @@ def test_analysis_orders_channels_by_the_class_weights_and_compares_natural_and_
     assert path.stat().st_size > 1000
 
 
+def test_adaptive_attack_loss_crafts_the_adversarial_data_on_the_methods_objective(tiny_set):
+    torch.manual_seed(0)
+    cas = create_method("cas", create_model("test_cnn", num_classes=3))
+    plain = channel_activation_analysis(cas, tiny_set, 1, steps=3, n=6)
+    probe = channel_activation_analysis(cas, tiny_set, 1, steps=3, n=6, attack_loss="ce_probe1")
+    assert plain["attack"]["loss"] == "ce" and probe["attack"]["loss"] == "ce_probe1"
+    for key in ("accuracy", "magnitude_raw", "frequency"):  # the natural side is attack-free
+        assert probe["natural"][key] == plain["natural"][key]
+    assert probe["adversarial"]["magnitude_raw"] != plain["adversarial"]["magnitude_raw"]
+    with pytest.raises(ConfigError, match="ce_beta2"):  # lists the valid names
+        channel_activation_analysis(cas, tiny_set, 1, steps=3, attack_loss="nope")
+    ce = create_method("ce", create_model("test_cnn", num_classes=3))
+    with pytest.raises(ConfigError, match="none"):
+        channel_activation_analysis(ce, tiny_set, 1, steps=3, attack_loss="ce_beta2")
+
+
 def test_bad_class_index_is_a_config_error(tiny_set):
     with pytest.raises(ConfigError, match="class_index"):
         channel_activation_analysis(create_model("test_cnn", num_classes=3), tiny_set, 3)

@@ -289,14 +289,17 @@ def cmd_channels(args: argparse.Namespace) -> int:
     figures, made_by = [], figure_provenance(args)
     for label, method, test, classes in runs:
         for index in classes:
-            result = channel_activation_analysis(method, test, index, steps=args.steps, n=args.n)
+            result = channel_activation_analysis(
+                method, test, index, steps=args.steps, n=args.n, attack_loss=args.attack_loss
+            )
             stem = f"{label}-class{index}"
             io.write_json(out / f"{stem}.json", {**result, **made_by})
             plot_channel_activations(result, out / f"{stem}.png")
             nat, adv = result["natural"], result["adversarial"]
+            attack = f" on {args.attack_loss}" if args.attack_loss else ""
             caption = (
                 f"{label}, class {result['class_name']} ({result['n']} test images): natural "
-                f"accuracy {nat['accuracy']:.3f}, PGD-{args.steps} {adv['accuracy']:.3f}."
+                f"accuracy {nat['accuracy']:.3f}, PGD-{args.steps}{attack} {adv['accuracy']:.3f}."
             )
             figures.append({"file": f"{stem}.png", "caption": caption, "section": "CIFS"})
             print(f"{stem}: {caption} -> {out / stem}.json")
@@ -534,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=int, help="at most this many test images per class (default: all)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20, eps 8/255)")
+    p.add_argument(
+        "--attack-loss",
+        metavar="NAME",
+        help="craft the adversarial data on this method attack loss (e.g. ce_beta2 for CIFS/CAS; "
+        "default: CE on the final logits)",
+    )
     add_figure_run_args(p, "directory for the JSON, PNGs and index")
     p.set_defaults(func=cmd_channels)
 
