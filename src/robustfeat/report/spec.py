@@ -342,8 +342,14 @@ def _topk(entry: dict[str, Any], k: int) -> float | None:
     """An attack entry's top-k accuracy (top-1: its accuracy)."""
     if k == 1:
         return float(entry["accuracy"])
-    topk = entry.get("topk") if isinstance(entry.get("topk"), dict) else {}
+    topk = _mapping(entry, "topk")
     return _number(topk.get(str(k)))
+
+
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """``parent[key]`` when it is a mapping, else {} (results.json sections may be absent)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _number(value: Any) -> float | None:
@@ -367,7 +373,7 @@ def measure(run: Run, metric: Metric) -> float | None:
     r = epoch_results(run, metric.epoch)
     if r is None:
         return None
-    clean = r.get("clean") if isinstance(r.get("clean"), dict) else {}
+    clean = _mapping(r, "clean")
     value: float | None
     if metric.kind == "clean":
         value = _number(clean.get("accuracy"))
@@ -375,24 +381,24 @@ def measure(run: Run, metric: Metric) -> float | None:
         acc = _number(clean.get("accuracy"))
         value = None if acc is None else 1.0 - acc
     elif metric.kind == "topk":
-        topk = clean.get("topk") if isinstance(clean.get("topk"), dict) else {}
+        topk = _mapping(clean, "topk")
         value = _number(topk.get(str(metric.k)))
     elif metric.kind == "attack":
         found = [_topk(a, metric.k) for a in matching_attacks(r, metric.match)]
         found = [v for v in found if v is not None]
         value = min(found) if found else None
     elif metric.kind == "mce":
-        corruptions = r.get("corruptions") if isinstance(r.get("corruptions"), dict) else {}
+        corruptions = _mapping(r, "corruptions")
         value = _number(corruptions.get("mce"))
     elif metric.kind == "worst_case":
-        worst = r.get("worst_case") if isinstance(r.get("worst_case"), dict) else {}
+        worst = _mapping(r, "worst_case")
         # a "worst case" over no attack is just the clean accuracy: not a robustness number
         value = _number(worst.get("accuracy")) if worst.get("attack") != "clean" else None
     elif metric.kind == "cam":
-        cam = r.get("cam") if isinstance(r.get("cam"), dict) else {}
+        cam = _mapping(r, "cam")
         value = _number(cam.get(str(metric.field)))
     elif metric.kind == "shift":
-        shift = r.get("shift") if isinstance(r.get("shift"), dict) else {}
+        shift = _mapping(r, "shift")
         found = [
             _number(entry.get("accuracy"))
             for name, entry in shift.items()
