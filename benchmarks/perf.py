@@ -7,7 +7,9 @@ the other benchmark files. Writes ``benchmarks/results/perf.json`` (schema ``rob
 One step = what the trainer does without data loading: the scheme's adversarial examples (if
 any), the method's forward, backward, an SGD step and ``after_step``. All cells share one
 ResNet-20 (copied per cell) and one fixed batch; cells alternate within every round in a rotating
-order (after warm-up rounds) so load from other processes hits them alike; medians are compared.
+order (after warm-up rounds) so load from other processes hits them alike. A ratio is the median
+over rounds of the round's own ratio (cell time / reference time in the same round), so a load
+change between rounds cancels; its interquartile range over rounds is written beside it.
 Precision: bf16 autocast + channels_last, eager (the cpu recipe also compiles; compile changes
 every cell's time but is per-method noisy to warm up, so ratios are measured eager).
 FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one full training step (fp32).
@@ -128,6 +130,15 @@ def interleaved_times(
     return times
 
 
+def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> tuple[float, list[float]]:
+    """Median over rounds of ``times[name][r] / times[base][r]`` and its [q1, q3] over rounds."""
+    ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], [ratios[0], ratios[0]]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, [q1, q3]
+
+
 class _GlobalOnly:
     """Stand-in for FlopCounterMode's per-module tracker: its backward hooks break methods that
     call torch.autograd.grad inside forward (CIFS, TENET); we only need the global total."""
@@ -223,16 +234,17 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in times.items()}
     flops = {c.name: step_flops(c, model, x.contiguous(), y) for c in cells}
 
-    def ratio_to(base: str, values: dict[str, float], cell: Cell) -> float:
-        return values[cell.name] / values[base]
-
-    vs_ce = {c.name: ratio_to("ce", median, c) for c in cells if not c.at and c.name != "ce"}
-    flop_vs_ce = {c.name: ratio_to("ce", flops, c) for c in cells if not c.at and c.name != "ce"}
+    standard = [c.name for c in cells if not c.at and c.name != "ce"]
+    paired = {name: paired_ratio(times, name, "ce") for name in standard}
+    vs_ce = {name: ratio for name, (ratio, _) in paired.items()}
+    spread_vs_ce = {name: spread for name, (_, spread) in paired.items()}
+    flop_vs_ce = {name: flops[name] / flops["ce"] for name in standard}
     vs_at = {}
     for c in cells:
         base = f"ce+{c.at}" if c.at else None
         if base and c.name != base and base in median:
-            vs_at[c.name] = {"step": ratio_to(base, median, c), "flops": ratio_to(base, flops, c)}
+            ratio, spread = paired_ratio(times, c.name, base)
+            vs_at[c.name] = {"step": ratio, "spread": spread, "flops": flops[c.name] / flops[base]}
     goals = {c.name: c.goal for c in cells if c.goal}
     record = {
         "schema": "robustfeat.perf/1",
@@ -246,6 +258,7 @@ def main() -> None:
         },
         "step_time_s": median,
         "step_time_ratio_vs_ce": vs_ce,
+        "step_time_ratio_spread_vs_ce": spread_vs_ce,
         "flop_ratio_vs_ce": flop_vs_ce,
         "step_time_ratio_vs_at": vs_at,
         "goals": goals,

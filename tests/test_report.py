@@ -703,6 +703,7 @@ def test_overhead_table_puts_measured_beside_flops_and_goal():
     assert row_for(overhead, "topgap")["Meets goal"] == "yes"  # 4.1 / 3.9 = 1.05 <= 1.10
     assert row_for(overhead, "tenet")["FLOP-implied ratio"] == "–"
     assert row_for(overhead, "cifs + AT (÷ AT)")["Meets goal"] == "yes"
+    assert hnc["Spread (IQR)"] == "–"  # no spread in this perf.json
     per_scheme = {**PERF, "step_time_ratio_vs_at": {"cifs+fgsm_rs": {"step": 1.08, "flops": 1.0}}}
     row = row_for(perf_tables(per_scheme, load_yaml_goals())[0], "cifs+fgsm_rs (÷ ce+fgsm_rs)")
     assert (row["Step time ÷ CE"], row["FLOP-implied ratio"]) == ("1.08×", "1.00×")
@@ -711,6 +712,21 @@ def test_overhead_table_puts_measured_beside_flops_and_goal():
     assert row_for(tables["throughput"], "trainer_vs_bare_loop")["Meets goal"] == "yes"
     assert tables["memory"].rows == [["ce", "512.00"], ["tenet", "700.50"]]
     assert ["grouping_time_vs_channels.64", "0.01"] in tables["perf_other"].rows
+
+
+def test_overhead_verdict_says_when_the_goal_lies_inside_the_rounds_spread():
+    perf = {
+        **PERF,
+        "step_time_ratio_vs_ce": {"hnc": 1.04, "cifs": 1.06},
+        "step_time_ratio_spread_vs_ce": {"hnc": [1.01, 1.07], "cifs": [1.055, 1.08]},
+        "step_time_ratio_vs_at": {"cifs+pgd_at": {"step": 1.06, "spread": [1.03, 1.09]}},
+    }
+    overhead = perf_tables(perf, load_yaml_goals())[0]
+    hnc, cifs = row_for(overhead, "hnc"), row_for(overhead, "cifs")
+    assert hnc["Spread (IQR)"] == "1.01-1.07" and hnc["Meets goal"] == "yes"  # 1.10 outside
+    assert cifs["Meets goal"] == "no"  # 1.05 is below the whole interquartile range
+    at = row_for(overhead, "cifs+pgd_at (÷ ce+pgd_at)")
+    assert at["Spread (IQR)"] == "1.03-1.09" and at["Meets goal"] == "no (within spread)"
 
 
 def test_perf_with_only_a_schema_or_odd_values_renders():

@@ -446,7 +446,32 @@ def goal_text(goal: dict[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
-def meets(value: float | None, goal: dict[str, Any], flop: float | None, slack: float) -> str:
+def _spread(value: Any) -> tuple[float, float] | None:
+    """[q1, q3] of a ratio over the benchmark's rounds, if perf.json gives one."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = (_ratio(v) for v in value)
+        if low is not None and high is not None:
+            return low, high
+    return None
+
+
+def meets(
+    value: float | None,
+    goal: dict[str, Any],
+    flop: float | None,
+    slack: float,
+    spread: tuple[float, float] | None = None,
+) -> str:
+    """Verdict "yes" / "no" at the median, "(within spread)" added when a goal bound lies inside the
+    ratio's interquartile range over rounds, i.e. the verdict could flip with the noise."""
+    verdict = _verdict(value, goal, flop, slack)
+    bounds = [goal[k] for k in ("max", "min") if k in goal]
+    if spread and verdict != "–" and any(spread[0] <= b <= spread[1] for b in bounds):
+        verdict += " (within spread)"
+    return verdict
+
+
+def _verdict(value: float | None, goal: dict[str, Any], flop: float | None, slack: float) -> str:
     checks = []
     if value is not None and "max" in goal:
         checks.append(value <= goal["max"])
@@ -468,16 +493,23 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def overhead_row(
-    label: str, value: float | None, flop: float | None, goal: dict[str, Any], slack: float
+    label: str,
+    value: float | None,
+    flop: float | None,
+    goal: dict[str, Any],
+    slack: float,
+    spread: tuple[float, float] | None = None,
 ) -> list[str]:
-    """Measured ratio, FLOP-implied ratio, their quotient, the goal and whether it is met."""
+    """Measured ratio and its spread, FLOP-implied ratio, their quotient, the goal and whether
+    it is met."""
     return [
         label,
         _fmt(value),
+        "–" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
         _fmt(flop),
         _fmt(value / flop if value is not None and flop else None, ""),
         goal_text(goal) + (f"; within {100 * (slack - 1):.0f}% of FLOPs" if flop else ""),
-        meets(value, goal, flop, slack),
+        meets(value, goal, flop, slack, spread),
     ]
 
 
@@ -485,6 +517,7 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
     vs_ce = _mapping(perf.get("step_time_ratio_vs_ce"))
     flops = _mapping(perf.get("flop_ratio_vs_ce"))
     vs_at = _mapping(perf.get("step_time_ratio_vs_at"))
+    spreads = _mapping(perf.get("step_time_ratio_spread_vs_ce"))
     slack = float(goals.get("flop_slack", 1.10))
     ce_goals = goals.get("step_time_ratio_vs_ce") or {}
     at_goals = goals.get("step_time_ratio_vs_at") or {}
@@ -492,6 +525,7 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
     header = [
         "Method",
         "Step time ÷ CE",
+        "Spread (IQR)",
         "FLOP-implied ratio",
         "Measured ÷ FLOPs",
         "Goal",
@@ -502,22 +536,23 @@ def overhead_table(perf: dict[str, Any], goals: dict[str, Any]) -> Table:
         value, flop = _ratio(vs_ce.get(name)), _ratio(flops.get(name))
         if value is None and flop is None:
             continue
-        rows.append(overhead_row(name, value, flop, ce_goals.get(name) or {}, slack))
+        goal = ce_goals.get(name) or {}
+        rows.append(overhead_row(name, value, flop, goal, slack, _spread(spreads.get(name))))
     for name, raw in vs_at.items():
-        # a plain ratio keyed by method ("cifs"), or {"step", "flops"} keyed by cell
+        # a plain ratio keyed by method ("cifs"), or {"step", "spread", "flops"} keyed by cell
         # ("cifs+fgsm_rs", as benchmarks/perf.py writes it)
-        step, flop_raw = (
-            (raw.get("step"), raw.get("flops")) if isinstance(raw, dict) else (raw, None)
-        )
-        value, flop = _ratio(step), _ratio(flop_raw)
+        parts = raw if isinstance(raw, dict) else {"step": raw}
+        value, flop = _ratio(parts.get("step")), _ratio(parts.get("flops"))
         method, _, scheme = name.partition("+")
         label = f"{name} (÷ ce+{scheme})" if scheme else f"{name} + AT (÷ AT)"
         goal = at_goals.get(name) or at_goals.get(method) or {}
-        rows.append(overhead_row(label, value, flop, goal, slack))
+        rows.append(overhead_row(label, value, flop, goal, slack, _spread(parts.get("spread"))))
     notes = [
         "Training-step time of each method relative to CE on the same model and batch "
-        "(interleaved, median of repeats), beside the ratio its extra FLOPs imply: a ratio far "
-        "above its FLOP ratio is a slow implementation, not an expensive method."
+        "(interleaved; the median over rounds of each round's own ratio, and its interquartile "
+        "range), beside the ratio its extra FLOPs imply: a ratio far above its FLOP ratio is a "
+        'slow implementation, not an expensive method. "Within spread": a goal bound lies '
+        "inside the interquartile range, so the verdict could flip with the machine's noise."
     ]
     machine = perf.get("machine")
     if isinstance(machine, dict) and machine:
@@ -529,6 +564,7 @@ PERF_HANDLED = (
     "schema",
     "machine",
     "step_time_ratio_vs_ce",
+    "step_time_ratio_spread_vs_ce",
     "flop_ratio_vs_ce",
     "step_time_ratio_vs_at",
     "peak_rss_mb",
