@@ -211,10 +211,38 @@ def test_parse_eps():
 
 
 # ------------------------------------------------------------------ the spec (paper values)
+def test_label_noise_table_takes_only_the_label_noise_recipe_and_compares_at_equal_noise(
+    tmp_path,
+):
+    for seed, (ce, mse) in enumerate([(0.50, 0.56), (0.52, 0.57)]):
+        write_run(tmp_path, "cpu-labelnoise", "ce_sym0.6", seed, results(ce, seed=seed))
+        write_run(tmp_path, "cpu-labelnoise", "hnc_mse_sym0.6", seed, results(mse, method="hnc"))
+    write_run(tmp_path, "cpu-labelnoise", "ce_sym0.2", 0, results(0.70))
+    write_run(tmp_path, "cpu", "ce", 0, results(0.84))
+    noise = next(t for t in load_spec().tables if t.id == "hnc_noise")
+    table = paper_table(noise, groups_of(tmp_path))
+    hnc = row_for(table, "HNC_mse, symmetric r = 0.6")
+    # 56.50 +- 0.71 vs CE 51.00 +- 1.41: the gap exceeds the spread
+    assert hnc["Clean top-1: ours"] == "56.50 ± 0.71 ▲"
+    assert hnc["Clean top-1: paper"] == "32.86"
+    assert row_for(table, "CE, symmetric r = 0.2")["Clean top-1: ours"] == "70.00"
+    assert row_for(table, "CE, symmetric r = 0.4")["Our cell"] == "not run"
+    assert "cpu/ce" not in [r[1] for r in table.rows]
+
+
 def test_default_spec_holds_the_papers_tables_as_transcribed():
     spec = load_spec()
     tables = {t.id: t for t in spec.tables}
-    assert list(tables) == ["tenet", "hnc", "cifs", "cifs_best", "cifs_topk", "topgap", "alfa"]
+    assert list(tables) == [
+        "tenet",
+        "hnc",
+        "hnc_noise",
+        "cifs",
+        "cifs_best",
+        "cifs_topk",
+        "topgap",
+        "alfa",
+    ]
     tenet = tables["tenet"]
     assert [c.label for c in tenet.columns] == [
         "Clean err.",
@@ -226,6 +254,11 @@ def test_default_spec_holds_the_papers_tables_as_transcribed():
     assert tenet.row("TENET (A.T.)").paper["pgd100"].value == 37.07
     assert tenet.row("Baseline [31]").paper["pgd100"] is None  # "-" in the paper
     assert tables["hnc"].row("HNC_kd").paper["fgsm005"].value == 29.80
+    noise = tables["hnc_noise"]
+    assert len(noise.rows) == 24  # (CE, HNC_mse, HNC_kd) x (4 symmetric + 4 asymmetric rates)
+    assert noise.row("HNC_mse, symmetric r = 0.6").paper["top1"].value == 32.86
+    assert noise.row("HNC_kd, asymmetric r = 0.4").paper["top1"].value == 43.04
+    assert noise.row("HNC_kd, asymmetric r = 0.4").reference == "CE, asymmetric r = 0.4"
     assert tables["cifs"].row("CIFS").paper["pgd100"].value == 48.70
     assert tables["cifs"].row("CIFS").paper["time"].value == 172
     assert tables["cifs_topk"].row("AT ResNet-18").paper["pgd2"].value == 71.71
