@@ -15,6 +15,7 @@ from robustfeat.adversarial.pgd import (
     cw_loss,
     dlr_loss,
     fgsm,
+    gaussian_like,
     model_mode,
     pgd,
     random_init,
@@ -389,3 +390,14 @@ def test_keep_mode_and_restore_on_error():
     assert [m.training for m in model.modules()] == before
     with pytest.raises(ConfigError), model_mode(model, "inference"):
         pass
+
+
+def test_gaussian_like_samples_contiguous_noise_of_the_tensors_shape():
+    x = torch.zeros(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(7)
+    noise = gaussian_like(x, torch.float64)
+    assert noise.shape == x.shape and noise.dtype == torch.float64
+    assert noise.is_contiguous()  # not channels_last: randn_like's slow element-wise path
+    torch.manual_seed(7)
+    assert torch.equal(noise, torch.randn(4, 3, 5, 6, dtype=torch.float64))
+    assert gaussian_like(x.half()).dtype == torch.float16

@@ -149,6 +149,13 @@ def random_init(
     return project(delta.to(device=x.device, dtype=x.dtype), x, eps, norm)
 
 
+def gaussian_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N(0, 1) noise of ``t``'s shape, sampled contiguous: ``torch.randn_like`` keeps a
+    channels_last layout and then samples element by element, about 10x slower on CPU (it was
+    9% of a feature-noise training step)."""
+    return torch.randn(t.shape, dtype=dtype or t.dtype, device=t.device)
+
+
 def _ascent_step(grad: torch.Tensor, step_size: float, norm: Norm) -> torch.Tensor:
     if norm == "linf":
         return step_size * grad.sign()

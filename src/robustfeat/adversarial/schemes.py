@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .._registry import Registry
 from ..errors import ConfigError, check
 from ..methods._base import Method
-from .pgd import model_mode, project, random_init
+from .pgd import gaussian_like, model_mode, project, random_init
 
 SCHEMES: Registry = Registry("adversarial-training scheme")
 register_scheme = SCHEMES.register
@@ -173,7 +173,7 @@ def linf_ascent(
         (grad,) = torch.autograd.grad(objective(xs + ds, y[active]).float().sum(), ds)
         step = step_size * grad.sign()
         if omega > 0:
-            step = step + omega * torch.randn_like(step)
+            step = step + omega * gaussian_like(step)
         delta[active] = project(ds.detach() + step, xs, eps, "linf")
         taken[active] += 1
     return (x + delta).detach(), taken
@@ -311,7 +311,7 @@ class TRADES(Scheme):
         with model_mode(method, self.mode):
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), dim=1)
-            start = project(0.001 * torch.randn_like(x), x, self.eps, "linf")
+            start = project(0.001 * gaussian_like(x), x, self.eps, "linf")
             x_adv, _ = linf_ascent(
                 lambda xa, _y: kl_per_sample(p_clean, model(xa)),
                 x,

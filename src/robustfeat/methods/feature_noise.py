@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..adversarial.pgd import gaussian_like
 from ..errors import check
 from ..models.base import StagedModel
 from ._registry import register_method
@@ -40,4 +41,4 @@ class FeatureNoise(FeaturePerturbation):
         self, site: Site, start: torch.Tensor, clean: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         """N(0, sigma^2) noise, one independent draw per feature element."""
-        return self.sigma * torch.randn_like(clean, dtype=torch.float32)
+        return self.sigma * gaussian_like(clean, torch.float32)
