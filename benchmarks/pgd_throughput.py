@@ -15,6 +15,7 @@ benchmarks/results/pgd_throughput.json with the config, the machine and the git 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -112,7 +113,8 @@ def main() -> None:
         },
         "results": results,
         "ratio_ours_last_iterate_vs_torchattacks": ratio,
-        "note": "2-core machine shared with other jobs: absolute numbers are noisy",
+        # other jobs on the machine make absolute numbers noisy: record how busy it was
+        "load_average_1min_at_end": os.getloadavg()[0],
         **provenance(),
     }
     io.write_json(Path(args.out), record)
