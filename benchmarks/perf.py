@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,7 @@ def main() -> None:
             "repeats": args.repeats,
             "precision": "bf16 autocast + channels_last, eager" if bf16 else "fp32 eager",
             "torch_threads": torch.get_num_threads(),
+            "load_average_1min_at_end": os.getloadavg()[0],  # how busy the machine was
         },
         "step_time_s": median,
         "step_time_ratio_vs_ce": vs_ce,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -132,6 +133,7 @@ def main() -> None:
             "images_per_epoch": args.n,
             "epochs": args.epochs,
             "repeats": args.repeats,
+            "load_average_1min_at_end": os.getloadavg()[0],  # how busy the machine was
         },
         "bare_img_per_s": bare,
         "trainer_img_per_s": ours,
