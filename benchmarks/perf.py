@@ -148,6 +148,19 @@ def interleaved_times(
     return times
 
 
+def time_cells(
+    cells: list[Cell],
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bf16: bool,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Interleaved seconds per training step of every cell on the same model and batch."""
+    steps = {c.name: make_step(c, model, x, y, bf16) for c in cells}
+    return interleaved_times(steps, repeats, {c.name: c.period for c in cells})
+
+
 def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> tuple[float, list[float]]:
     """Median over rounds of ``times[name][r] / times[base][r]`` and its [q1, q3] over rounds."""
     ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
@@ -208,14 +221,12 @@ def scaling(cells: list[Cell], repeats: int, bf16: bool) -> dict[str, Any]:
     for batch in (32, 64, 128, 256):
         model = create_model("resnet20", num_classes=10)
         x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-        steps = {c.name: make_step(c, model, x, y, bf16) for c in cells}
-        times = interleaved_times(steps, repeats, {c.name: c.period for c in cells})
+        times = time_cells(cells, model, x, y, bf16, repeats)
         out["batch"][batch] = {k: statistics.median(v) for k, v in times.items()}
     for width in (8, 16, 32):
         model = create_model("resnet20", num_classes=10, width=width)
         x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
-        steps = {c.name: make_step(c, model, x, y, bf16) for c in cells}
-        times = interleaved_times(steps, repeats, {c.name: c.period for c in cells})
+        times = time_cells(cells, model, x, y, bf16, repeats)
         out["width"][width] = {k: statistics.median(v) for k, v in times.items()}
     return out
 
@@ -247,8 +258,7 @@ def main() -> None:
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     if bf16:
         x = x.contiguous(memory_format=torch.channels_last)
-    steps = {c.name: make_step(c, model, x, y, bf16) for c in cells}
-    times = interleaved_times(steps, args.repeats, {c.name: c.period for c in cells})
+    times = time_cells(cells, model, x, y, bf16, args.repeats)
     median = {k: statistics.median(v) for k, v in times.items()}
     flops = {c.name: step_flops(c, model, x.contiguous(), y) for c in cells}
 
