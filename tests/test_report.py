@@ -762,6 +762,23 @@ def test_overhead_verdict_says_when_the_goal_lies_inside_the_rounds_spread():
     assert at["Spread (IQR)"] == "1.03-1.09" and at["Meets goal"] == "no (within spread)"
 
 
+def test_overhead_verdict_is_not_within_spread_when_the_flop_slack_fails_at_both_ends():
+    # the 1.05 goal lies inside 1.03-1.09, but 1.03 / 0.90 = 1.14 already breaks the 10% FLOP
+    # slack at the low end, so no noise in the interquartile range turns the "no" into a "yes"
+    perf = {
+        **PERF,
+        "step_time_ratio_vs_ce": {"cifs": 1.06},
+        "step_time_ratio_spread_vs_ce": {"cifs": [1.03, 1.09]},
+        "flop_ratio_vs_ce": {"cifs": 0.90},
+    }
+    cifs = row_for(perf_tables(perf, load_yaml_goals())[0], "cifs")
+    assert cifs["Meets goal"] == "no"
+    within = {**perf, "flop_ratio_vs_ce": {"cifs": 1.0}}  # now the goal alone decides
+    assert row_for(perf_tables(within, load_yaml_goals())[0], "cifs")["Meets goal"] == (
+        "no (within spread)"
+    )
+
+
 def test_perf_with_only_a_schema_or_odd_values_renders():
     tables = perf_tables({"schema": "robustfeat.perf/1"}, load_yaml_goals())
     assert [t.id for t in tables] == ["overhead"] and tables[0].rows == []

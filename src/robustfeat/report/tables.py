@@ -462,12 +462,14 @@ def meets(
     slack: float,
     spread: tuple[float, float] | None = None,
 ) -> str:
-    """Verdict "yes" / "no" at the median, "(within spread)" added when a goal bound lies inside the
-    ratio's interquartile range over rounds, i.e. the verdict could flip with the noise."""
+    """Verdict "yes" / "no" at the median, "(within spread)" added when the verdict differs at the
+    two ends of the ratio's interquartile range over rounds (every check is monotone in the
+    ratio), i.e. a bound that decides it — the goal's or the FLOP slack's — lies inside the noise."""
     verdict = _verdict(value, goal, flop, slack)
-    bounds = [goal[k] for k in ("max", "min") if k in goal]
-    if spread and verdict != "–" and any(spread[0] <= b <= spread[1] for b in bounds):
-        verdict += " (within spread)"
+    if spread and verdict != "–":
+        low, high = (_verdict(end, goal, flop, slack) for end in spread)
+        if low != high:
+            verdict += " (within spread)"
     return verdict
 
 
