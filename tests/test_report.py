@@ -25,6 +25,7 @@ from robustfeat.report.tables import (
     paper_table,
     perf_tables,
     provenance_table,
+    reference_names,
 )
 
 EPS = 8 / 255
@@ -632,6 +633,41 @@ def test_single_seed_cells_are_never_called_improvements(tmp_path):
     write_run(root, "cpu", "tenet", 0, results(0.9, method="tenet"))
     table = paper_table(load_spec().tables[0], groups_of(root))
     assert row_for(table, "TENET")["Clean err.: ours"] == "10.00 ?"
+
+
+def test_cells_table_compares_a_cell_on_other_data_with_the_ce_cell_on_that_data(tmp_path):
+    root = tmp_path / "r"
+
+    def run(recipe: str, cell: str, seed: int, clean: float, method: str, **config) -> None:
+        data = results(clean, method=method, seed=seed)
+        data["run"]["config"].update(config)
+        write_run(root, recipe, cell, seed, data)
+
+    for seed, jitter in enumerate((0.0, 0.01)):
+        run("ln", "ce_sym0.6", seed, 0.60 + jitter, "ce", label_noise=0.6)
+        run("ln", "ce_sym0.2", seed, 0.80 + jitter, "ce", label_noise=0.2)
+        run("ln", "hnc_mse_sym0.6", seed, 0.70 + jitter, "hnc", label_noise=0.6)
+        run("sh", "ce", seed, 0.90 + jitter, "ce")
+        run("sh", "spurious_ce", seed, 0.50 + jitter, "ce", data_args={"spurious": 0.9})
+        run("sh", "spurious_hnc_kd", seed, 0.60 + jitter, "hnc", data_args={"spurious": 0.9})
+        # named like the reference but trained on other data: never compared
+        run("sh", "small_hnc", seed, 0.95 + jitter, "hnc", data_args={"size": 4})
+        run("sh", "small_ce", seed, 0.10 + jitter, "ce", data_args={"size": 8})
+    table = cells_table(groups_of(root), load_spec())
+    # 70 vs 60 (not vs ce_sym0.2's 80, which would be a "worse")
+    assert row_for(table, "ln/hnc_mse_sym0.6")["Clean"] == "70.50 ± 0.71 ▲"
+    assert row_for(table, "ln/ce_sym0.2")["Clean"] == "80.50 ± 0.71"  # no ce at r = 0.2's peer
+    # 60 vs spurious_ce's 50 (▲), not vs the unbiased ce's 90 (▼)
+    assert row_for(table, "sh/spurious_hnc_kd")["Clean"] == "60.50 ± 0.71 ▲"
+    assert row_for(table, "sh/small_hnc")["Clean"] == "95.50 ± 0.71"  # small_ce: other data
+    assert reference_names("hnc_mse_sym0.6", None, "ce") == [
+        "ce_mse_sym0.6",
+        "ce_sym0.6",
+        "hnc_mse_ce",
+        "hnc_ce",
+        "ce",
+    ]
+    assert reference_names("cifs+fgsm_rs", "fgsm_rs", "ce") == ["ce+fgsm_rs"]
 
 
 def test_cells_table_has_every_cell_and_drops_unmeasured_columns(tree):

@@ -262,11 +262,36 @@ def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
     return [(label, m) for label, m in columns if any(cell_stat(g, m) for g in groups)]
 
 
+#: config keys that define what a cell was trained on (two cells compare only when they agree)
+DATA_KEYS = ("data", "data_args", "label_noise", "label_noise_type", "samples_per_class")
+
+
+def reference_names(cell: str, at: str | None, name: str) -> list[str]:
+    """Names the reference of ``cell`` may have, most specific first: the recipes name a cell
+    on other data by an affix (``hnc_mse_sym0.6`` -> ``ce_sym0.6``, ``cutout_spc10`` ->
+    ``ce_spc10``, ``spurious_hnc_kd`` -> ``spurious_ce``), else the reference itself."""
+    base = cell.removesuffix(f"+{at}") if at else cell
+    parts = base.split("_")
+    affixed = [f"{name}_{'_'.join(parts[i:])}" for i in range(1, len(parts))]
+    affixed += [f"{'_'.join(parts[:i])}_{name}" for i in range(len(parts) - 1, 0, -1)]
+    suffix = f"+{at}" if at else ""
+    return [n + suffix for n in [*affixed, name]]
+
+
 def generic_reference(groups: list[CellGroup], group: CellGroup, name: str) -> CellGroup | None:
-    want = f"{name}+{group.at}" if group.at else name
-    for g in groups:
-        if g.recipe == group.recipe and g.cell == want and g is not group:
-            return g
+    """The reference cell of ``group`` in the all-cells table: same recipe and AT scheme, trained
+    on the same data (``DATA_KEYS``), named as ``reference_names`` lists."""
+    data = [run_config(group.runs[0]).get(k) for k in DATA_KEYS]
+    by_cell = {
+        g.cell: g
+        for g in groups
+        if g.recipe == group.recipe
+        and g is not group
+        and [run_config(g.runs[0]).get(k) for k in DATA_KEYS] == data
+    }
+    for want in reference_names(group.cell, group.at, name):
+        if want in by_cell:
+            return by_cell[want]
     return None
 
 
@@ -301,7 +326,9 @@ def cells_table(groups: list[CellGroup], spec: Spec) -> Table:
         "Accuracies in % (mCE: mean corruption error in %); attack columns are the evaluation "
         "suite's attack labels; worst case = per-sample minimum over the suite's main threat "
         "model. Markers compare each cell with "
-        f"`{spec.reference_cell}` (or `{spec.reference_cell}+<AT>` for an AT cell).",
+        f"`{spec.reference_cell}` (or `{spec.reference_cell}+<AT>` for an AT cell) trained on the "
+        f"same data; a cell on other data with the one named alike (`{spec.reference_cell}_sym0.6` "
+        f"for `hnc_mse_sym0.6`, `spurious_{spec.reference_cell}` for `spurious_hnc_kd`).",
         LEGEND,
     ]
     return Table("cells", "All cells", header, rows, notes)
@@ -464,7 +491,8 @@ def meets(
 ) -> str:
     """Verdict "yes" / "no" at the median, "(within spread)" added when the verdict differs at the
     two ends of the ratio's interquartile range over rounds (every check is monotone in the
-    ratio), i.e. a bound that decides it — the goal's or the FLOP slack's — lies inside the noise."""
+    ratio), i.e. a bound that decides it (the goal's or the FLOP slack's) lies inside the
+    noise."""
     verdict = _verdict(value, goal, flop, slack)
     if spread and verdict != "–":
         low, high = (_verdict(end, goal, flop, slack) for end in spread)
