@@ -1,4 +1,6 @@
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustfeat.adversarial.pgd import cw_loss
+from robustfeat.data import load_dataset
 from robustfeat.errors import ConfigError
 from robustfeat.methods import create_method
 from robustfeat.methods.cifs import (
@@ -282,3 +285,39 @@ def test_nothing_is_compiled_and_weights_round_trip():
     method.eval(), other.eval()
     with torch.no_grad():
         torch.testing.assert_close(method.eval_model()(x), other.eval_model()(x))
+
+
+# ------------------------------------------------------------------ label-mask diagnostic
+def label_mask_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cifs_label_mask.py"
+    spec = importlib.util.spec_from_file_location("cifs_label_mask", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["cifs", "cas"])
+def test_label_mask_diagnostic_scores_the_inference_and_the_true_label_masks(name):
+    bench = label_mask_benchmark()
+    torch.manual_seed(0)
+    method = create_method(name, create_model("resnet20", num_classes=10, width=4)).eval()
+    data = load_dataset("shapes", "test", n_test=30, image_size=16)
+    scores = bench.accuracies(method, data, batch=8)  # uneven batches: 8 + 8 + 8 + 6
+    x = data.images.float() / 255
+    with torch.no_grad():
+        logits, probes = method.forward_with_probes(x)
+        for node in method.probed:
+            node.layer.train()
+        label_logits, _ = method.forward_with_probes(x, data.labels)
+        for node in method.probed:
+            node.layer.eval()
+    assert not torch.allclose(logits, label_logits)  # the label changes the mask
+    assert scores["inference"] == pytest.approx((logits.argmax(1) == data.labels).float().mean())
+    assert scores["true_label"] == pytest.approx(
+        (label_logits.argmax(1) == data.labels).float().mean()
+    )
+    assert scores["probe2"] == pytest.approx((probes[1].argmax(1) == data.labels).float().mean())
+    assert not any(module.training for module in method.modules())  # eval mode restored
+    with bench.label_masks(method):
+        layers = {id(m) for node in method.probed for m in node.layer.modules()}
+        assert all(m.training == (id(m) in layers) for m in method.modules())  # BN stays eval
