@@ -105,8 +105,12 @@ def test_channel_select_multiplies_each_channel_by_its_mask_using_labels_only_in
     w, b = layer.probe.weight.detach(), layer.probe.bias.detach()
     logits = z.mean((2, 3)) @ w.T + b
     top = logits.topk(2, dim=1).indices
-    for training, first in ((True, y), (False, top[:, 0])):
+    assert not torch.equal(top[:, 0], y)  # so the label-driven mask differs
+    # label_mask off: the training mask comes from the probe's own top-2, as at inference
+    cases = ((True, True, y), (False, True, top[:, 0]), (True, False, top[:, 0]))
+    for training, label_mask, first in cases:
         layer.train(training)
+        layer.label_mask = label_mask
         out, probe_logits = layer(z, y)
         mask = 2.0 * F.softmax(w[first] + w[top[:, 1]], dim=1)
         torch.testing.assert_close(out, z * mask[:, :, None, None])

@@ -281,8 +281,10 @@ class CIFS(ProbedChannelMethod):
     ``probe`` ("auto": linear at the last layer, MLP before; "linear"; "mlp"), ``probe_hidden``
     (128; the official WRN code uses 240),
     ``imgf`` ("softmax", "sigmoid", "softplus"), ``alpha`` (sigmoid 10 / softplus 5 when None),
-    ``temperature`` (softmax T=1), ``top_k`` (2), ``mask_scale`` (1), ``beta`` (2, App. E.1),
-    ``loss_scale`` (3, official code), ``attack_betas``, ``attack_cw``, ``attack_exact``."""
+    ``temperature`` (softmax T=1), ``top_k`` (2), ``mask_scale`` (1), ``label_mask`` (True: the
+    true label is the top-1 relevance class in training, Sec. 3.2; False: the probe's top-k as at
+    inference), ``beta`` (2, App. E.1), ``loss_scale`` (3, official code), ``attack_betas``,
+    ``attack_cw``, ``attack_exact``."""
 
     name = "cifs"
     exact_capable = True
@@ -298,6 +300,7 @@ class CIFS(ProbedChannelMethod):
         temperature: float = 1.0,
         top_k: int = 2,
         mask_scale: float = 1.0,
+        label_mask: bool = True,
         beta: float = 2.0,
         loss_scale: float = 3.0,
         attack_betas: Sequence[float | str] = ATTACK_BETAS,
@@ -320,6 +323,7 @@ class CIFS(ProbedChannelMethod):
                 temperature=temperature,
                 top_k=top_k,
                 mask_scale=mask_scale,
+                label_mask=label_mask,
             )
 
         layers = {node: layer(node) for node in nodes}

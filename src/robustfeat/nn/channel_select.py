@@ -126,6 +126,11 @@ class ChannelSelect(nn.Module):
     ``exact_gradient``: compute the relevance on the live features instead of a detached copy,
     so that gradients (an attacker's) also flow through the mask into z. Off in training (the
     official code); an adaptive attack may switch it on.
+
+    ``label_mask``: in training the top-1 relevance class is the true label (Sec. 3.2, the
+    default); False builds the training mask from the probe's own top-k, as at inference (an
+    ablation: the final head can learn to read the label off the training mask, so that at
+    inference it echoes the probe's top-1, ``benchmarks/cifs_label_mask.py``).
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class ChannelSelect(nn.Module):
         temperature: float = 1.0,
         top_k: int = 2,
         mask_scale: float = 1.0,
+        label_mask: bool = True,
     ) -> None:
         super().__init__()
         check(imgf in IMGFS, f"imgf must be one of {IMGFS}, got {imgf!r}")
@@ -153,13 +159,16 @@ class ChannelSelect(nn.Module):
         self.probe = make_probe(probe, channels, num_classes, hidden)
         self.imgf, self.alpha, self.temperature = imgf, alpha, temperature
         self.top_k, self.mask_scale = top_k, mask_scale
+        self.label_mask = bool(label_mask)
         self.exact_gradient = False
 
     def mask(self, pooled: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Importance mask (N, C) from GAP features; labels only count in training mode."""
+        """Importance mask (N, C) from GAP features; labels only count in training mode (and
+        with ``label_mask``)."""
         source = pooled if self.exact_gradient else pooled.detach()
+        use_labels = self.training and self.label_mask
         relevance = channel_relevance(
-            self.probe, source, self.top_k, target if self.training else None
+            self.probe, source, self.top_k, target if use_labels else None
         )
         m = importance_mask(relevance, self.imgf, self.alpha, self.temperature)
         return m * self.mask_scale
