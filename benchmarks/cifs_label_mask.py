@@ -50,17 +50,21 @@ def label_masks(method: ProbedChannelMethod) -> Iterator[None]:
 
 @torch.no_grad()
 def accuracies(method: ProbedChannelMethod, dataset: Any, batch: int = 250) -> dict[str, float]:
-    """Final-logit accuracy with the inference and the true-label mask, and each probe's."""
+    """Final-logit accuracy with the inference and the true-label mask, each probe's accuracy,
+    and the fraction of images whose final prediction equals each probe's."""
     correct: dict[str, float] = {}
     for x, y in iterate_batches(dataset, batch):
         # relevances are gradients of the probe, taken in closed form: no autograd needed
         logits, probes = method.forward_with_probes(x)
         with label_masks(method):
             label_logits, _ = method.forward_with_probes(x, y)
+        final = logits.argmax(1)
         hits = {
-            "inference": logits.argmax(1) == y,
+            "inference": final == y,
             "true_label": label_logits.argmax(1) == y,
             **{f"probe{i}": p.argmax(1) == y for i, p in enumerate(probes, 1)},
+            # how often the final prediction is the probe's own top-1
+            **{f"final_equals_probe{i}": p.argmax(1) == final for i, p in enumerate(probes, 1)},
         }
         for name, hit in hits.items():
             correct[name] = correct.get(name, 0.0) + hit.sum().item()
@@ -87,7 +91,8 @@ def main() -> None:
         if not isinstance(method, ProbedChannelMethod):
             parser.error(f"{run}: not a CIFS or CAS run (method {type(method).__name__})")
         cfg = read_run_config(run)
-        runs[run] = {
+        key = "/".join(Path(run).parts[-3:])  # recipe/cell/seed
+        runs[key] = {
             "method": cfg.method,
             "at": cfg.at,
             "seed": cfg.seed,
@@ -96,7 +101,7 @@ def main() -> None:
                 for split in ("train", "test")
             },
         }
-        print(run, {k: v for k, v in runs[run].items() if k in ("train", "test")})
+        print(key, runs[key])
     record = {
         "benchmark": "cifs_label_mask",
         "config": {

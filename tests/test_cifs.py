@@ -321,6 +321,8 @@ def test_label_mask_diagnostic_scores_the_inference_and_the_true_label_masks(nam
         (label_logits.argmax(1) == data.labels).float().mean()
     )
     assert scores["probe2"] == pytest.approx((probes[1].argmax(1) == data.labels).float().mean())
+    echo = (probes[0].argmax(1) == logits.argmax(1)).float().mean()
+    assert scores["final_equals_probe1"] == pytest.approx(echo)
     assert not any(module.training for module in method.modules())  # eval mode restored
     with bench.label_masks(method):
         layers = {id(m) for node in method.probed for m in node.layer.modules()}
