@@ -262,10 +262,6 @@ def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
     return [(label, m) for label, m in columns if any(cell_stat(g, m) for g in groups)]
 
 
-#: config keys that define what a cell was trained on (two cells compare only when they agree)
-DATA_KEYS = ("data", "data_args", "label_noise", "label_noise_type", "samples_per_class")
-
-
 def reference_names(cell: str, at: str | None, name: str) -> list[str]:
     """Names the reference of ``cell`` may have, most specific first: the recipes name a cell
     on other data by an affix (``hnc_mse_sym0.6`` -> ``ce_sym0.6``, ``cutout_spc10`` ->
@@ -280,14 +276,12 @@ def reference_names(cell: str, at: str | None, name: str) -> list[str]:
 
 def generic_reference(groups: list[CellGroup], group: CellGroup, name: str) -> CellGroup | None:
     """The reference cell of ``group`` in the all-cells table: same recipe and AT scheme, trained
-    on the same data (``DATA_KEYS``), named as ``reference_names`` lists."""
-    data = [run_config(group.runs[0]).get(k) for k in DATA_KEYS]
+    on the same data (``trained_on``), named as ``reference_names`` lists."""
+    data = trained_on(group)
     by_cell = {
         g.cell: g
         for g in groups
-        if g.recipe == group.recipe
-        and g is not group
-        and [run_config(g.runs[0]).get(k) for k in DATA_KEYS] == data
+        if g.recipe == group.recipe and g is not group and trained_on(g) == data
     }
     for want in reference_names(group.cell, group.at, name):
         if want in by_cell:
@@ -361,9 +355,20 @@ def data_variant(group: CellGroup) -> str:
     return ", ".join(f"{k} {v}" for k, v in rest.items()) or "default"
 
 
+#: training-config keys beyond the dataset that change what a cell learns from
+TRAINING_DATA_KEYS = ("label_noise", "label_noise_type", "samples_per_class")
+
+
+def trained_on(group: CellGroup) -> tuple[Any, ...]:
+    """What ``group`` was trained on: dataset, its options (``data_variant``), label noise and
+    samples per class; two cells are compared only when these agree."""
+    config = run_config(group.runs[0])
+    return (config.get("data"), data_variant(group), *(config.get(k) for k in TRAINING_DATA_KEYS))
+
+
 def same_data_reference(groups: list[CellGroup], group: CellGroup, method: str) -> CellGroup | None:
     """The one cell of ``method`` without AT trained on the same data in the same recipe."""
-    data = (run_config(group.runs[0]).get("data"), data_variant(group))
+    data = trained_on(group)
     same = [
         g
         for g in groups
@@ -371,7 +376,7 @@ def same_data_reference(groups: list[CellGroup], group: CellGroup, method: str) 
         and g.recipe == group.recipe
         and g.method == method
         and g.at is None
-        and (run_config(g.runs[0]).get("data"), data_variant(g)) == data
+        and trained_on(g) == data
     ]
     return same[0] if len(same) == 1 else None
 
