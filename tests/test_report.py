@@ -19,6 +19,7 @@ from robustfeat.report.plots import epoch_series, eta_keys, make_plots
 from robustfeat.report.spec import Metric, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
+    best_cell,
     cam_table,
     cells_table,
     flags_table,
@@ -26,6 +27,7 @@ from robustfeat.report.tables import (
     perf_tables,
     provenance_table,
     reference_names,
+    sweep_table,
 )
 
 EPS = 8 / 255
@@ -909,3 +911,102 @@ def test_mean_of_stat_is_exact_for_hand_values():
     stat = summarize([0.1, 0.2, 0.6])
     assert stat.mean == pytest.approx(0.3)
     assert stat.std == pytest.approx(math.sqrt((0.04 + 0.01 + 0.09) / 2))
+
+
+# ------------------------------------------------------------------ sweeps
+def topgap_results(clean: float, fgsm: float, pgd20: float, seed: int = 0, **args: Any) -> dict:
+    data = results(
+        clean,
+        method="topgap" if args else "ce",
+        seed=seed,
+        attacks=[attack("fgsm", "fgsm", fgsm), attack("pgd20", "pgd", pgd20, steps=20)],
+    )
+    data["run"]["config"]["method_args"] = args
+    return data
+
+
+def test_sweep_table_lists_settings_and_names_the_best_for_accuracy_and_robustness(tmp_path):
+    root = tmp_path / "r"
+    for seed, clean in enumerate([0.84, 0.86]):
+        write_run(root, "cpu", "ce", seed, topgap_results(clean, 0.02, 0.0, seed))
+    write_run(root, "cpu", "topgap_k16", 0, topgap_results(0.83, 0.09, 0.0, k=16))
+    write_run(root, "cpu-sweeps", "topgap_k8", 0, topgap_results(0.80, 0.15, 0.01, k=8))
+    k64 = topgap_results(0.86, 0.05, 0.0, k=64, lam=0.1, l1=False)
+    write_run(root, "cpu-sweeps", "topgap_k64", 0, k64)
+    write_run(root, "cpu-labelnoise", "topgap_k16", 0, topgap_results(0.5, 0.5, 0.5, k=16))
+    spec = load_spec()
+    sweep = next(s for s in spec.sweeps if s.id == "topgap")
+
+    table = sweep_table(sweep, spec, groups_of(root))
+    assert [r[0] for r in table.rows] == [
+        "cpu/ce (reference)",
+        "cpu/topgap_k16",
+        "cpu-sweeps/topgap_k64",
+        "cpu-sweeps/topgap_k8",
+        "Paper: Top-GAP (ours, PRN18)",
+    ]  # the label-noise recipe's cell is another setting: not in the sweep
+    k64_row = row_for(table, "cpu-sweeps/topgap_k64")
+    assert k64_row["Setting"] == "k 64, lam 0.1, l1 false"
+    assert k64_row["Clean"] == "86.00 ?"  # one seed against the reference's two: undecidable
+    assert row_for(table, "cpu/ce (reference)")["Clean"] == "85.00 ± 1.41"
+    paper = row_for(table, "Paper: Top-GAP (ours, PRN18)")
+    assert (paper["Clean"], paper["PGD-20"], paper["AutoAttack"]) == (
+        "95.10",
+        "51.70",
+        "0.00 [Sec. 4.3] (2)",  # note (2): the paper's "all attacks together lead to 0%"
+    )
+    # accuracy: k64 (86%); robustness: k8, the only one above 0 in the worst case
+    assert any(
+        n.startswith("Best for accuracy: `cpu-sweeps/topgap_k64` (k 64") for n in table.notes
+    )
+    best_robust = next(n for n in table.notes if n.startswith("Best for robustness"))
+    assert best_robust.startswith(
+        "Best for robustness (by Worst case, then PGD-20, then PGD-50, then APGD-CE (20 it.), "
+        "then Square, then FGSM): `cpu-sweeps/topgap_k8` (k 8): Worst case 1.00, PGD-20 1.00,"
+    )
+
+
+def test_best_cell_breaks_ties_by_the_next_metric_and_skips_unmeasured_cells(tmp_path):
+    root = tmp_path / "r"
+    write_run(root, "cpu", "a", 0, topgap_results(0.9, 0.10, 0.0, k=1))
+    write_run(root, "cpu", "b", 0, topgap_results(0.8, 0.20, 0.0, k=2))
+    write_run(root, "cpu", "c", 0, results(0.95))  # no attacks: not ranked by robustness
+    groups = by_key(groups_of(root))
+    pgd20 = Metric("attack", {"name": "pgd", "steps": 20})
+    fgsm = Metric("attack", {"name": "fgsm"})
+    cells = list(groups.values())
+    assert best_cell(cells, [pgd20, fgsm]).key == "cpu/b"  # PGD-20 ties at 0: FGSM decides
+    assert best_cell(cells, [Metric("clean")]).key == "cpu/c"
+    assert best_cell([groups["cpu/c"]], [pgd20]) is None
+
+
+def test_sweep_table_needs_two_cells(tmp_path):
+    root = tmp_path / "r"
+    write_run(root, "cpu", "topgap_k16", 0, topgap_results(0.83, 0.09, 0.0, k=16))
+    spec = load_spec()
+    assert all(sweep_table(s, spec, groups_of(root)) is None for s in spec.sweeps)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda s: s.update(robustness=["worst", "nope"]),
+            r"ranks by unknown column\(s\) \['nope'\]",
+        ),
+        (lambda s: s.update(claim={"table": "topgap", "row": "Nobody"}), "has no row 'Nobody'"),
+        (lambda s: s.update(claim={"table": "nope", "row": "x"}), "claim table 'nope'"),
+        (lambda s: s.update(cells="topgap*"), "`cells` must be a list"),
+    ],
+)
+def test_sweep_spec_errors_say_what_is_wrong(tmp_path, change, message):
+    import yaml
+
+    from robustfeat.report.spec import DEFAULT_TABLES
+
+    data = yaml.safe_load(DEFAULT_TABLES.read_text())
+    change(data["sweeps"][0])
+    path = tmp_path / "tables.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)

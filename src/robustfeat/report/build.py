@@ -25,6 +25,7 @@ from .tables import (
     paper_table,
     perf_tables,
     provenance_table,
+    sweep_table,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +121,9 @@ def build(
     groups = group(collection.runs)
     spec = load_spec(tables or DEFAULT_TABLES)
     goals = load_yaml(perf_goals or DEFAULT_PERF_GOALS)
-    results = [t for t in (cells_table(groups, spec), cam_table(groups, spec)) if t is not None]
+    tables = [cells_table(groups, spec), cam_table(groups, spec)]
+    tables += [sweep_table(sweep, spec, groups) for sweep in spec.sweeps]
+    results = [t for t in tables if t is not None]
     perf_list = perf_tables(collection.perf, goals) if collection.perf else []
 
     sections = [

@@ -129,9 +129,44 @@ class PaperTable:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """One method's settings side by side (a hyperparameter sweep or an ablation), ranked."""
+
+    id: str
+    title: str
+    cells: tuple[str, ...]  # globs over cell names
+    recipes: tuple[str, ...]  # globs over recipes whose cells count
+    reference: str | None  # group key (``recipe/cell``) the markers compare against
+    columns: tuple[Column, ...]
+    accuracy: str  # column key the best-for-accuracy setting is ranked by
+    robustness: tuple[
+        str, ...
+    ]  # column keys the best-for-robustness setting is ranked by, in order
+    claim: tuple[str, str] | None  # (paper table id, row label) whose values close the table
+    notes: tuple[str, ...]
+
+    def takes(self, group: CellGroup) -> bool:
+        return (
+            group.recipe is not None
+            and any(fnmatch.fnmatchcase(group.recipe, pat) for pat in self.recipes)
+            and any(fnmatch.fnmatchcase(group.cell, pat) for pat in self.cells)
+        )
+
+    def column(self, key: str) -> Column:
+        return next(c for c in self.columns if c.key == key)
+
+
+@dataclass(frozen=True)
 class Spec:
     tables: tuple[PaperTable, ...]
     reference_cell: str
+    sweeps: tuple[Sweep, ...] = ()
+
+    def table(self, table_id: str) -> PaperTable:
+        for table in self.tables:
+            if table.id == table_id:
+                return table
+        raise ConfigError(f"no paper table {table_id!r}; tables: {[t.id for t in self.tables]}")
 
 
 # ------------------------------------------------------------------ reading the YAML
@@ -192,19 +227,15 @@ def _paper_value(raw: Any, where: str) -> PaperValue | None:
     raise ConfigError(f"{where}: a paper value is a number, null or {{value, std, src, note}}")
 
 
-def _globs(raw: Any, where: str) -> tuple[str, ...]:
+def _globs(raw: Any, where: str, key: str = "exclude_recipes") -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
-        raise ConfigError(f"{where}: `exclude_recipes` must be a list of recipe names or globs")
+        raise ConfigError(f"{where}: `{key}` must be a list of names or shell globs")
     return tuple(raw)
 
 
-def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
-    """One table; ``exclude_recipes``: the file's default, unless the table sets its own."""
-    where = f"table {i}"
-    table_id = _need(raw, "id", where)
-    where = f"table {table_id!r}"
+def _columns(raw: Any, where: str) -> tuple[Column, ...]:
     columns = []
     for j, col in enumerate(_need(raw, "columns", where)):
         cw = f"{where} column {j}"
@@ -218,6 +249,15 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
                 paper=tuple(SubColumn(_need(s, "key", cw), _need(s, "label", cw)) for s in subs),
             )
         )
+    return tuple(columns)
+
+
+def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
+    """One table; ``exclude_recipes``: the file's default, unless the table sets its own."""
+    where = f"table {i}"
+    table_id = _need(raw, "id", where)
+    where = f"table {table_id!r}"
+    columns = _columns(raw, where)
     paper_keys = {s.key for c in columns for s in c.paper}
     rows = []
     for j, row in enumerate(_need(raw, "rows", where)):
@@ -263,6 +303,39 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
     )
 
 
+def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
+    where = f"sweep {i}"
+    sweep_id = _need(raw, "id", where)
+    where = f"sweep {sweep_id!r}"
+    columns = _columns(raw, where)
+    keys = [c.key for c in columns]
+    accuracy = _need(raw, "accuracy", where)
+    robustness = tuple(_need(raw, "robustness", where))
+    unknown = sorted({accuracy, *robustness} - set(keys))
+    if unknown:
+        raise ConfigError(f"{where}: ranks by unknown column(s) {unknown}; columns: {keys}")
+    claim = raw.get("claim")
+    if claim is not None:
+        table_id, label = _need(claim, "table", where), _need(claim, "row", where)
+        by_id = {t.id: t for t in tables}
+        if table_id not in by_id:
+            raise ConfigError(f"{where}: claim table {table_id!r} is not one of {sorted(by_id)}")
+        by_id[table_id].row(label)  # a ConfigError naming the rows if absent
+        claim = (table_id, label)
+    return Sweep(
+        id=sweep_id,
+        title=_need(raw, "title", where),
+        cells=_globs(_need(raw, "cells", where), where, "cells"),
+        recipes=_globs(raw.get("recipes", ["*"]), where, "recipes"),
+        reference=raw.get("reference"),
+        columns=columns,
+        accuracy=accuracy,
+        robustness=robustness,
+        claim=claim,
+        notes=tuple(raw.get("notes") or ()),
+    )
+
+
 def read_yaml(path: str | Path) -> Any:
     """Any YAML document (safe loader); unreadable or invalid files are a ConfigError."""
     path = Path(path)
@@ -286,7 +359,8 @@ def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
     data = load_yaml(path)
     excluded = _globs(data.get("exclude_recipes"), str(path))
     tables = tuple(_table(t, i, excluded) for i, t in enumerate(_need(data, "tables", str(path))))
-    return Spec(tables, str(data.get("reference_cell", "ce")))
+    sweeps = tuple(_sweep(s, i, tables) for i, s in enumerate(data.get("sweeps") or ()))
+    return Spec(tables, str(data.get("reference_cell", "ce")), sweeps)
 
 
 # ------------------------------------------------------------------ measuring one run

@@ -4,6 +4,7 @@ Markdown and HTML by ``render``.
 - ``paper_table``: one paper's headline table, our cells beside the paper's values;
 - ``cells_table``: every cell (clean, each attack, worst case, mCE, train s/epoch, flags);
 - ``cam_table``: CAM localisation / sparsity / peakiness / ERF of the cells evaluated with masks;
+- ``sweep_table``: one method's settings side by side, the best for accuracy / robustness named;
 - ``flags_table``: every gradient-masking flag with its detail, per cell and seed;
 - ``perf_tables``: the overhead table and the rest of perf.json;
 - ``provenance_table``: git SHAs, package versions and machines of the runs.
@@ -23,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from .collect import CellGroup, Run
-from .spec import Metric, PaperTable, PaperValue, Row, Spec, matching_attacks, measure
+from .spec import (
+    Metric,
+    PaperTable,
+    PaperValue,
+    Row,
+    Spec,
+    Sweep,
+    matching_attacks,
+    measure,
+)
 from .stats import MARKERS, Stat, compare, format_stat, summarize
 
 LEGEND = (
@@ -416,6 +426,87 @@ def cam_table(groups: list[CellGroup], spec: Spec) -> Table | None:
     ]
     header = ["Cell", "Method", "Data options", "Seeds", *[label for label, _ in columns]]
     return Table("cam", "CAM quality (shapes)", header, rows, notes)
+
+
+# ------------------------------------------------------------------ sweeps
+def setting_text(group: CellGroup) -> str:
+    """The method options a cell sets (``k 16, lam 0.1``); the rest are the method's defaults."""
+    args = run_config(group.runs[0]).get("method_args")
+    if not isinstance(args, dict) or not args:
+        return "defaults"
+    return ", ".join(f"{k} {v if isinstance(v, str) else json.dumps(v)}" for k, v in args.items())
+
+
+def _mean(group: CellGroup, metric: Metric) -> float:
+    stat = cell_stat(group, metric)
+    return float("-inf") if stat is None else stat.mean
+
+
+def best_cell(groups: list[CellGroup], metrics: list[Metric]) -> CellGroup | None:
+    """The cell with the highest mean of ``metrics[0]``, ties broken by the next metrics
+    (first in ``groups`` order on a full tie); None if none measured the first metric."""
+    measured = [g for g in groups if cell_stat(g, metrics[0]) is not None]
+    if not measured:
+        return None
+    return max(measured, key=lambda g: tuple(_mean(g, m) for m in metrics))
+
+
+def _best_text(group: CellGroup, sweep: Sweep, keys: Iterable[str]) -> str:
+    values = []
+    for key in keys:
+        column = sweep.column(key)
+        values.append(
+            f"{column.label} {format_measured(cell_stat(group, column.metric), column.metric)}"
+        )
+    return f"`{group.key}` ({setting_text(group)}): {', '.join(values)}"
+
+
+def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | None:
+    """The sweep's cells side by side with their settings, the best setting for accuracy and
+    for robustness named, and the paper's claimed values as the last row; None with fewer
+    than two cells."""
+    members = [g for g in groups if sweep.takes(g)]
+    if len(members) < 2:
+        return None
+    ref = next((g for g in groups if g.key == sweep.reference), None)
+    header = ["Cell", "Setting", "Seeds", *[c.label for c in sweep.columns], "Flags"]
+    rows = []
+    if ref is not None:
+        line = [f"{ref.key} (reference)", ref.method or "?", seeds_text(ref)]
+        line += [format_measured(cell_stat(ref, c.metric), c.metric) for c in sweep.columns]
+        rows.append([*line, flag_summary(ref)])
+    for group in members:
+        line = [group.key, setting_text(group), seeds_text(group)]
+        line += [_ours_cell(group, ref, c.metric) for c in sweep.columns]
+        rows.append([*line, flag_summary(group)])
+    notes = [f"Our runs: {our_setting(members)}. Other options at the method's defaults."]
+    value_notes: list[str] = []
+    if sweep.claim is not None:
+        table = spec.table(sweep.claim[0])
+        row = table.row(sweep.claim[1])
+        paper = [
+            format_paper(row.paper.get(c.paper[0].key), c.metric, table.paper_scale, value_notes)
+            for c in sweep.columns
+        ]
+        rows.append([f"Paper: {row.label}", "the paper's", "–", *paper, "–"])
+        notes.append(f"Paper row: {table.paper_setting}.")
+    accuracy = best_cell(members, [sweep.column(sweep.accuracy).metric])
+    robust = best_cell(members, [sweep.column(k).metric for k in sweep.robustness])
+    notes.append(
+        "Best = highest mean over seeds, one-seed cells included: a difference within the "
+        "seeds' spread (markers) is no winner."
+    )
+    if accuracy is not None:
+        notes.append(f"Best for accuracy: {_best_text(accuracy, sweep, [sweep.accuracy])}.")
+    if robust is not None:
+        order = ", then ".join(sweep.column(k).label for k in sweep.robustness)
+        notes.append(
+            f"Best for robustness (by {order}): {_best_text(robust, sweep, sweep.robustness)}."
+        )
+    if ref is not None:
+        notes.append(f"Markers compare each cell with `{ref.key}`.")
+    notes += [*sweep.notes, *[f"({i}) {n}" for i, n in enumerate(value_notes, 1)], LEGEND]
+    return Table(f"sweep-{sweep.id}", sweep.title, header, rows, notes)
 
 
 # ------------------------------------------------------------------ flags
