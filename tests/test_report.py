@@ -15,7 +15,7 @@ from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
 from robustfeat.report.build import build
 from robustfeat.report.collect import CellGroup, Run, collect, group
-from robustfeat.report.plots import epoch_series, eta_keys, make_plots
+from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
 from robustfeat.report.spec import Metric, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
@@ -964,6 +964,9 @@ def test_sweep_table_lists_settings_and_names_the_best_for_accuracy_and_robustne
         "Best for robustness (by Worst case, then PGD-20, then PGD-50, then APGD-CE (20 it.), "
         "then Square, then FGSM): `cpu-sweeps/topgap_k8` (k 8): Worst case 1.00, PGD-20 1.00,"
     )
+    plot = sweep_plot(sweep, groups_of(root))
+    assert plot.png.startswith(b"\x89PNG") and plot.id == "sweep-topgap"
+    assert "Clean, Worst case, PGD-20, PGD-50, APGD-CE (20 it.), Square, FGSM" in plot.caption
 
 
 def test_best_cell_breaks_ties_by_the_next_metric_and_skips_unmeasured_cells(tmp_path):
@@ -985,6 +988,7 @@ def test_sweep_table_needs_two_cells(tmp_path):
     write_run(root, "cpu", "topgap_k16", 0, topgap_results(0.83, 0.09, 0.0, k=16))
     spec = load_spec()
     assert all(sweep_table(s, spec, groups_of(root)) is None for s in spec.sweeps)
+    assert all(sweep_plot(s, groups_of(root)) is None for s in spec.sweeps)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .collect import CellGroup, Collection, collect, group, read_json
-from .plots import Plot, make_plots
+from .plots import Plot, make_plots, sweep_plot
 from .render import Report, Section, report_html, report_markdown, table_markdown, update_readme
 from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml, read_yaml
 from .tables import (
@@ -150,7 +150,8 @@ def build(
         Section("Gradient-masking flags", tables=[flags_table(groups)]),
     ]
     if plots:
-        sections.append(Section("Figures", figures=make_plots(groups)))
+        sweeps = [p for p in (sweep_plot(s, groups) for s in spec.sweeps) if p is not None]
+        sections.append(Section("Figures", figures=make_plots(groups) + sweeps))
     external: dict[str, list[Plot]] = {}
     for directory in figures:
         for title, plots_in in load_external_figures(directory).items():

@@ -19,6 +19,7 @@ from matplotlib.ticker import NullFormatter
 
 from ..config import SELECTION_CRITERIA
 from .collect import CellGroup, Run
+from .spec import Sweep, measure
 from .stats import Stat, summarize
 
 Series = dict[float, list[float]]  # x -> the seeds' y values
@@ -317,12 +318,22 @@ def per_class_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | 
             for cls, acc in _per_class(run, label).items():
                 by_cell.setdefault(group.key, {}).setdefault(cls, []).append(acc)
     classes = list(dict.fromkeys(c for per in by_cell.values() for c in per))
-    fig, axes = new_figure(1, height=3.4, width=min(3 + 0.5 * len(classes) * len(by_cell), 14))
+    bars = {key: [summarize(per.get(c, [])) for c in classes] for key, per in by_cell.items()}
+    return grouped_bars(classes, bars, palette, f"robust accuracy ({label})")
+
+
+def grouped_bars(
+    categories: list[str],
+    bars: dict[str, list[Stat | None]],
+    palette: dict[str, Any],
+    ylabel: str,
+) -> bytes:
+    """One group of bars per category, one bar (mean ± std) per series in each, on [0, 1]."""
+    fig, axes = new_figure(1, height=3.4, width=min(3 + 0.5 * len(categories) * len(bars), 14))
     ax = axes[0]
-    width = 0.8 / len(by_cell)
-    for i, (key, per) in enumerate(by_cell.items()):
-        stats = [summarize(per.get(c, [])) for c in classes]
-        xs = [j + (i - (len(by_cell) - 1) / 2) * width for j in range(len(classes))]
+    width = 0.8 / len(bars)
+    for i, (key, stats) in enumerate(bars.items()):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(categories))]
         ax.bar(
             xs,
             [s.mean if s else 0 for s in stats],
@@ -332,10 +343,30 @@ def per_class_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | 
             label=key,
             capsize=1.5,
         )
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(f"robust accuracy ({label})")
+    ax.set_xticks(range(len(categories)), categories, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     return finish(fig, axes)
+
+
+def sweep_plot(sweep: Sweep, groups: list[CellGroup]) -> Plot | None:
+    """The sweep's cells side by side: its accuracy and robustness columns (as its table)."""
+    members = [g for g in groups if sweep.takes(g)]
+    if len(members) < 2:
+        return None
+    keys = list(dict.fromkeys([sweep.accuracy, *sweep.robustness]))
+    columns = [sweep.column(k) for k in keys]
+    bars = {
+        c.label: [summarize(measure(r, c.metric) for r in g.runs) for g in members] for c in columns
+    }
+    cmap = colormaps["tab10"]
+    palette = {c.label: cmap(i % cmap.N) for i, c in enumerate(columns)}
+    png = grouped_bars([g.key for g in members], bars, palette, "accuracy")
+    caption = (
+        f"{sweep.title}: each cell's {', '.join(c.label for c in columns)} "
+        "(mean ± std over seeds), as in the sweep's table."
+    )
+    return Plot(f"sweep-{sweep.id}", sweep.title, caption, png)
 
 
 FIGURES: tuple[tuple[str, str, str, Callable[..., bytes | None]], ...] = (
