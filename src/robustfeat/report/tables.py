@@ -461,6 +461,22 @@ def _best_text(group: CellGroup, sweep: Sweep, keys: Iterable[str]) -> str:
     return f"`{group.key}` ({setting_text(group)}): {', '.join(values)}"
 
 
+def _claim_text(sweep: Sweep, members: list[CellGroup], row: Row, table: PaperTable) -> str:
+    """Each column the paper reports beside the highest value any setting reached here."""
+    parts = []
+    for column in sweep.columns:
+        value = row.paper.get(column.paper[0].key)
+        best = best_cell(members, [column.metric])
+        if value is None or best is None:
+            continue
+        ours = format_measured(cell_stat(best, column.metric), column.metric)
+        paper = format_paper(
+            PaperValue(value.value, approx=value.approx), column.metric, table.paper_scale, []
+        )
+        parts.append(f"{column.label} {paper} vs {ours} (`{best.key}`)")
+    return "The paper vs the highest here: " + "; ".join(parts) + "." if parts else ""
+
+
 def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | None:
     """The sweep's cells side by side with their settings, the best setting for accuracy and
     for robustness named, and the paper's claimed values as the last row; None with fewer
@@ -489,7 +505,7 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
             for c in sweep.columns
         ]
         rows.append([f"Paper: {row.label}", "the paper's", "–", *paper, "–"])
-        notes.append(f"Paper row: {table.paper_setting}.")
+        notes.append(f"Paper row: {table.paper_setting}. {_claim_text(sweep, members, row, table)}")
     accuracy = best_cell(members, [sweep.column(sweep.accuracy).metric])
     robust = best_cell(members, [sweep.column(k).metric for k in sweep.robustness])
     notes.append(
