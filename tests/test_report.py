@@ -930,10 +930,13 @@ def test_sweep_table_lists_settings_and_names_the_best_for_accuracy_and_robustne
     for seed, clean in enumerate([0.84, 0.86]):
         write_run(root, "cpu", "ce", seed, topgap_results(clean, 0.02, 0.0, seed))
     write_run(root, "cpu", "topgap_k16", 0, topgap_results(0.83, 0.09, 0.0, k=16))
-    write_run(root, "cpu-sweeps", "topgap_k8", 0, topgap_results(0.80, 0.15, 0.01, k=8))
+    k8_dir = write_run(root, "cpu-sweeps", "topgap_k8", 0, topgap_results(0.80, 0.15, 0.01, k=8))
     k64 = topgap_results(0.86, 0.05, 0.0, k=64, lam=0.1, l1=False)
     write_run(root, "cpu-sweeps", "topgap_k64", 0, k64)
     write_run(root, "cpu-labelnoise", "topgap_k16", 0, topgap_results(0.5, 0.5, 0.5, k=16))
+    # k8's weights again under the paper's protocol (robust = prediction unchanged)
+    protocol = topgap_results(0.99, 0.6, 0.3, k=8) | {"suite": "paper-topgap"}
+    (k8_dir / "paper-topgap.json").write_text(json.dumps(protocol))
     spec = load_spec()
     sweep = next(s for s in spec.sweeps if s.id == "topgap")
 
@@ -943,8 +946,11 @@ def test_sweep_table_lists_settings_and_names_the_best_for_accuracy_and_robustne
         "cpu/topgap_k16",
         "cpu-sweeps/topgap_k64",
         "cpu-sweeps/topgap_k8",
+        "cpu-sweeps/topgap_k8 [paper-topgap]",
         "Paper: Top-GAP (ours, PRN18)",
     ]  # the label-noise recipe's cell is another setting: not in the sweep
+    again = row_for(table, "cpu-sweeps/topgap_k8 [paper-topgap]")
+    assert (again["Setting"], again["PGD-20"], again["Clean"]) == ("k 8", "30.00", "99.00")
     k64_row = row_for(table, "cpu-sweeps/topgap_k64")
     assert k64_row["Setting"] == "k 64, lam 0.1, l1 false"
     assert k64_row["Clean"] == "86.00 ?"  # one seed against the reference's two: undecidable
@@ -967,12 +973,12 @@ def test_sweep_table_lists_settings_and_names_the_best_for_accuracy_and_robustne
     )
     best_robust = next(n for n in table.notes if n.startswith("Best for robustness"))
     assert best_robust.startswith(
-        "Best for robustness (by Worst case, then PGD-20, then PGD-50, then APGD-CE (20 it.), "
-        "then Square, then FGSM): `cpu-sweeps/topgap_k8` (k 8): Worst case 1.00, PGD-20 1.00,"
+        "Best for robustness (by Worst case, then PGD-20, then FGSM): `cpu-sweeps/topgap_k8` "
+        "(k 8): Worst case 1.00, PGD-20 1.00, FGSM 15.00."
     )
     plot = sweep_plot(sweep, groups_of(root))
     assert plot.png.startswith(b"\x89PNG") and plot.id == "sweep-topgap"
-    assert "Clean, Worst case, PGD-20, PGD-50, APGD-CE (20 it.), Square, FGSM" in plot.caption
+    assert "Clean, Worst case, PGD-20, FGSM (mean" in plot.caption
 
 
 def test_best_cell_breaks_ties_by_the_next_metric_and_skips_unmeasured_cells(tmp_path):
@@ -987,6 +993,19 @@ def test_best_cell_breaks_ties_by_the_next_metric_and_skips_unmeasured_cells(tmp
     assert best_cell(cells, [pgd20, fgsm]).key == "cpu/b"  # PGD-20 ties at 0: FGSM decides
     assert best_cell(cells, [Metric("clean")]).key == "cpu/c"
     assert best_cell([groups["cpu/c"]], [pgd20]) is None
+
+
+def test_a_protocol_file_of_another_suite_is_an_error(tmp_path):
+    root = tmp_path / "r"
+    for cell in ("topgap_k8", "topgap_k16"):
+        run = write_run(root, "cpu", cell, 0, topgap_results(0.8, 0.1, 0.0, k=8))
+    (run / "paper-topgap.json").write_text(json.dumps(topgap_results(0.8, 0.1, 0.0, k=8)))
+    spec = load_spec()
+    sweep = next(s for s in spec.sweeps if s.id == "topgap")
+    with pytest.raises(
+        ConfigError, match=r"paper-topgap\.json is not a .* with suite 'paper-topgap'"
+    ):
+        sweep_table(sweep, spec, groups_of(root))
 
 
 def test_sweep_table_needs_two_cells(tmp_path):

@@ -210,6 +210,25 @@ def collect(paths: Iterable[str | Path], perf: str | Path | None = None) -> Coll
     return Collection(runs, perf_data, perf_path, skipped)
 
 
+def protocol_group(group: CellGroup, suite: str) -> CellGroup | None:
+    """The cell's weights evaluated again under another ``suite``: ``<suite>.json`` beside each
+    results.json (``robustfeat eval RUN --suite SUITE --out .../SUITE.json``); None if no seed
+    has one."""
+    runs = []
+    for run in group.runs:
+        path = run.path.with_name(f"{suite}.json")
+        if not path.is_file():
+            continue
+        data = read_json(path)
+        if not isinstance(data, dict) or (data.get("schema"), data.get("suite")) != (
+            RESULTS_SCHEMA,
+            suite,
+        ):
+            raise ConfigError(f"{path} is not a {RESULTS_SCHEMA} evaluation with suite {suite!r}")
+        runs.append(Run(path, run.recipe, run.cell, run.seed, data, run.epochs, run.config))
+    return CellGroup(group.recipe, f"{group.cell} [{suite}]", runs) if runs else None
+
+
 def group(runs: list[Run]) -> list[CellGroup]:
     """Runs grouped by (recipe, cell), seeds in order; groups sorted by recipe, then cell."""
     groups: dict[tuple[str, str], list[Run]] = {}

@@ -144,6 +144,7 @@ class Sweep:
     ]  # column keys the best-for-robustness setting is ranked by, in order
     claim: tuple[str, str] | None  # (paper table id, row label) whose values close the table
     notes: tuple[str, ...]
+    protocol: str | None = None  # a suite some cells were re-evaluated with (<suite>.json)
 
     def takes(self, group: CellGroup) -> bool:
         return (
@@ -333,6 +334,7 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
         robustness=robustness,
         claim=claim,
         notes=tuple(raw.get("notes") or ()),
+        protocol=raw.get("protocol"),
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .collect import CellGroup, Run
+from .collect import CellGroup, Run, protocol_group
 from .spec import (
     Metric,
     PaperTable,
@@ -495,6 +495,11 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
         line = [group.key, setting_text(group), seeds_text(group)]
         line += [_ours_cell(group, ref, c.metric) for c in sweep.columns]
         rows.append([*line, flag_summary(group)])
+        again = protocol_group(group, sweep.protocol) if sweep.protocol else None
+        if again is not None:
+            line = [again.key, setting_text(again), seeds_text(again)]
+            line += [format_measured(cell_stat(again, c.metric), c.metric) for c in sweep.columns]
+            rows.append([*line, flag_summary(again)])
     notes = [f"Our runs: {our_setting(members)}. Other options at the method's defaults."]
     value_notes: list[str] = []
     if sweep.claim is not None:
