@@ -487,6 +487,7 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
     ref = next((g for g in groups if g.key == sweep.reference), None)
     header = ["Cell", "Setting", "Seeds", *[c.label for c in sweep.columns], "Flags"]
     rows = []
+    protocol_runs: list[CellGroup] = []  # cells re-evaluated under sweep.protocol
     if ref is not None:
         line = [f"{ref.key} (reference)", ref.method or "?", seeds_text(ref)]
         line += [format_measured(cell_stat(ref, c.metric), c.metric) for c in sweep.columns]
@@ -497,6 +498,7 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
         rows.append([*line, flag_summary(group)])
         again = protocol_group(group, sweep.protocol) if sweep.protocol else None
         if again is not None:
+            protocol_runs.append(again)
             line = [again.key, setting_text(again), seeds_text(again)]
             line += [format_measured(cell_stat(again, c.metric), c.metric) for c in sweep.columns]
             rows.append([*line, flag_summary(again)])
@@ -510,7 +512,8 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
             for c in sweep.columns
         ]
         rows.append([f"Paper: {row.label}", "the paper's", "–", *paper, "–"])
-        notes.append(f"Paper row: {table.paper_setting}. {_claim_text(sweep, members, row, table)}")
+        claim = _claim_text(sweep, members + protocol_runs, row, table)
+        notes.append(f"Paper row: {table.paper_setting}. {claim}")
     accuracy = best_cell(members, [sweep.column(sweep.accuracy).metric])
     robust = best_cell(members, [sweep.column(k).metric for k in sweep.robustness])
     notes.append(
