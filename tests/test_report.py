@@ -1038,3 +1038,19 @@ def test_sweep_spec_errors_say_what_is_wrong(tmp_path, change, message):
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     with pytest.raises(ConfigError, match=message):
         load_spec(path)
+
+
+def test_a_recipe_without_ce_compares_with_the_ce_of_a_recipe_trained_alike(tmp_path):
+    root = tmp_path / "r"
+    for seed in (0, 1):
+        write_run(root, "cpu", "ce", seed, results(0.80 + 0.01 * seed, seed=seed))
+        sweep = results(0.70 + 0.01 * seed, method="topgap", seed=seed)
+        sweep["run"]["config"].update(method_args={"k": 8}, eval_suite="standard", data_seed=seed)
+        write_run(root, "cpu-sweeps", "topgap_k8", seed, sweep)
+        other = results(0.70 + 0.01 * seed, method="topgap", seed=seed)
+        other["run"]["config"]["lr"] = 0.05  # trained differently: no reference
+        write_run(root, "demo", "topgap_k8", seed, other)
+    table = cells_table(groups_of(root), load_spec())
+    assert row_for(table, "cpu-sweeps/topgap_k8")["Clean"] == "70.50 ± 0.71 ▼"
+    assert row_for(table, "demo/topgap_k8")["Clean"] == "70.50 ± 0.71"
+    assert row_for(table, "cpu/ce")["Clean"] == "80.50 ± 0.71"  # never its own reference

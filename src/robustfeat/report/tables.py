@@ -296,7 +296,11 @@ def generic_reference(groups: list[CellGroup], group: CellGroup, name: str) -> C
     for want in reference_names(group.cell, group.at, name):
         if want in by_cell:
             return by_cell[want]
-    return None
+    # a recipe without its own reference (cpu-sweeps extends cpu): another recipe's, trained alike
+    want = f"{name}+{group.at}" if group.at else name
+    setup = training_setup(group)
+    alike = [g for g in groups if g.cell == want and g is not group and training_setup(g) == setup]
+    return alike[0] if len(alike) == 1 else None
 
 
 def flag_summary(group: CellGroup) -> str:
@@ -332,7 +336,9 @@ def cells_table(groups: list[CellGroup], spec: Spec) -> Table:
         "model. Markers compare each cell with "
         f"`{spec.reference_cell}` (or `{spec.reference_cell}+<AT>` for an AT cell) trained on the "
         f"same data; a cell on other data with the one named alike (`{spec.reference_cell}_sym0.6` "
-        f"for `hnc_mse_sym0.6`, `spurious_{spec.reference_cell}` for `spurious_hnc_kd`).",
+        f"for `hnc_mse_sym0.6`, `spurious_{spec.reference_cell}` for `spurious_hnc_kd`); in a "
+        f"recipe without one (cpu-sweeps), the `{spec.reference_cell}` of another recipe whose "
+        "training config is the same apart from the method.",
         LEGEND,
     ]
     return Table("cells", "All cells", header, rows, notes)
@@ -374,6 +380,31 @@ def trained_on(group: CellGroup) -> tuple[Any, ...]:
     samples per class; two cells are compared only when these agree."""
     config = run_config(group.runs[0])
     return (config.get("data"), data_variant(group), *(config.get(k) for k in TRAINING_DATA_KEYS))
+
+
+#: run-config keys that do not change how the training went (or are the method under test)
+SETUP_IGNORED = (
+    "method",
+    "method_args",
+    "seed",
+    "data_seed",
+    "eval_suite",
+    "eval_n",
+    "eval_n_aa",
+    "progress",
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "compile",
+)
+
+
+def training_setup(group: CellGroup) -> str:
+    """The cell's training config apart from the method, seed and evaluation settings (an
+    empty option equals an absent one: older runs record ``None`` where newer ones say ``{}``)."""
+    config = run_config(group.runs[0])
+    kept = {k: v for k, v in config.items() if k not in SETUP_IGNORED and v not in (None, {}, [])}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def same_data_reference(groups: list[CellGroup], group: CellGroup, method: str) -> CellGroup | None:
