@@ -1025,6 +1025,7 @@ def test_sweep_table_needs_two_cells(tmp_path):
         (lambda s: s.update(claim={"table": "topgap", "row": "Nobody"}), "has no row 'Nobody'"),
         (lambda s: s.update(claim={"table": "nope", "row": "x"}), "claim table 'nope'"),
         (lambda s: s.update(cells="topgap*"), "`cells` must be a list"),
+        (lambda s: s.update(protocol=["paper-topgap"]), "`protocol` is an evaluation suite"),
     ],
 )
 def test_sweep_spec_errors_say_what_is_wrong(tmp_path, change, message):

@@ -139,9 +139,8 @@ class Sweep:
     reference: str | None  # group key (``recipe/cell``) the markers compare against
     columns: tuple[Column, ...]
     accuracy: str  # column key the best-for-accuracy setting is ranked by
-    robustness: tuple[
-        str, ...
-    ]  # column keys the best-for-robustness setting is ranked by, in order
+    # column keys the best-for-robustness setting is ranked by, ties broken by the next
+    robustness: tuple[str, ...]
     claim: tuple[str, str] | None  # (paper table id, row label) whose values close the table
     notes: tuple[str, ...]
     protocol: str | None = None  # a suite some cells were re-evaluated with (<suite>.json)
@@ -323,6 +322,9 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
             raise ConfigError(f"{where}: claim table {table_id!r} is not one of {sorted(by_id)}")
         by_id[table_id].row(label)  # a ConfigError naming the rows if absent
         claim = (table_id, label)
+    protocol = raw.get("protocol")
+    if protocol is not None and (not isinstance(protocol, str) or "/" in protocol):
+        raise ConfigError(f"{where}: `protocol` is an evaluation suite's name, got {protocol!r}")
     return Sweep(
         id=sweep_id,
         title=_need(raw, "title", where),
@@ -334,7 +336,7 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
         robustness=robustness,
         claim=claim,
         notes=tuple(raw.get("notes") or ()),
-        protocol=raw.get("protocol"),
+        protocol=protocol,
     )
 
 
