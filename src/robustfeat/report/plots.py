@@ -19,8 +19,9 @@ from matplotlib.ticker import NullFormatter
 
 from ..config import SELECTION_CRITERIA
 from .collect import CellGroup, Run
-from .spec import Sweep, measure
+from .spec import Sweep
 from .stats import Stat, summarize
+from .tables import cell_stat
 
 Series = dict[float, list[float]]  # x -> the seeds' y values
 EPS_TICKS = (0.5, 1, 2, 4, 8, 16, 32, 64, 127.5)  # 127.5: the sweep's LARGE_EPS = 0.5
@@ -351,14 +352,12 @@ def grouped_bars(
 
 def sweep_plot(sweep: Sweep, groups: list[CellGroup]) -> Plot | None:
     """The sweep's cells side by side: its accuracy and robustness columns (as its table)."""
-    members = [g for g in groups if sweep.takes(g)]
+    members = sweep.members(groups)
     if len(members) < 2:
         return None
     keys = list(dict.fromkeys([sweep.accuracy, *sweep.robustness]))
     columns = [sweep.column(k) for k in keys]
-    bars = {
-        c.label: [summarize(measure(r, c.metric) for r in g.runs) for g in members] for c in columns
-    }
+    bars = {c.label: [cell_stat(g, c.metric) for g in members] for c in columns}
     cmap = colormaps["tab10"]
     palette = {c.label: cmap(i % cmap.N) for i, c in enumerate(columns)}
     png = grouped_bars([g.key for g in members], bars, palette, "accuracy")

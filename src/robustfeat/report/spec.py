@@ -155,6 +155,9 @@ class Sweep:
     def column(self, key: str) -> Column:
         return next(c for c in self.columns if c.key == key)
 
+    def members(self, groups: list[CellGroup]) -> list[CellGroup]:
+        return [g for g in groups if self.takes(g)]
+
 
 @dataclass(frozen=True)
 class Spec:

@@ -508,11 +508,20 @@ def _claim_text(sweep: Sweep, members: list[CellGroup], row: Row, table: PaperTa
     return "The paper vs the highest here: " + "; ".join(parts) + "." if parts else ""
 
 
+def _sweep_row(
+    sweep: Sweep, group: CellGroup, label: str, setting: str, ref: CellGroup | None
+) -> list[str]:
+    """One sweep line; markers against ``ref`` (None: plain values)."""
+    line = [label, setting, seeds_text(group)]
+    line += [_ours_cell(group, ref, c.metric) for c in sweep.columns]
+    return [*line, flag_summary(group)]
+
+
 def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | None:
     """The sweep's cells side by side with their settings, the best setting for accuracy and
     for robustness named, and the paper's claimed values as the last row; None with fewer
     than two cells."""
-    members = [g for g in groups if sweep.takes(g)]
+    members = sweep.members(groups)
     if len(members) < 2:
         return None
     ref = next((g for g in groups if g.key == sweep.reference), None)
@@ -520,19 +529,13 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
     rows = []
     protocol_runs: list[CellGroup] = []  # cells re-evaluated under sweep.protocol
     if ref is not None:
-        line = [f"{ref.key} (reference)", ref.method or "?", seeds_text(ref)]
-        line += [format_measured(cell_stat(ref, c.metric), c.metric) for c in sweep.columns]
-        rows.append([*line, flag_summary(ref)])
+        rows.append(_sweep_row(sweep, ref, f"{ref.key} (reference)", ref.method or "?", None))
     for group in members:
-        line = [group.key, setting_text(group), seeds_text(group)]
-        line += [_ours_cell(group, ref, c.metric) for c in sweep.columns]
-        rows.append([*line, flag_summary(group)])
+        rows.append(_sweep_row(sweep, group, group.key, setting_text(group), ref))
         again = protocol_group(group, sweep.protocol) if sweep.protocol else None
         if again is not None:
             protocol_runs.append(again)
-            line = [again.key, setting_text(again), seeds_text(again)]
-            line += [format_measured(cell_stat(again, c.metric), c.metric) for c in sweep.columns]
-            rows.append([*line, flag_summary(again)])
+            rows.append(_sweep_row(sweep, again, again.key, setting_text(again), None))
     notes = [f"Our runs: {our_setting(members)}. Other options at the method's defaults."]
     value_notes: list[str] = []
     if sweep.claim is not None:
