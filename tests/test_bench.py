@@ -90,3 +90,36 @@ def test_bad_cells_fail_before_anything_runs(tmp_path):
         bench.plan(str(path), results_dir=tmp_path)
     with pytest.raises(ConfigError, match="matches no cell"):
         bench.select(bench.parse_cells({"cells": [{"method": "ce"}]}, "r"), ["tenet"])
+
+
+def test_a_diverged_cell_is_published_as_such_and_the_matrix_goes_on(tmp_path, monkeypatch):
+    from robustfeat.methods import METHODS
+    from test_reliability_faults import InjectNonFinite
+
+    monkeypatch.setitem(METHODS._entries, InjectNonFinite.name, InjectNonFinite)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        RECIPE.split("bench:")[0]
+        + "bench:\n  cells:\n"
+        + f"    - {{name: boom, method: {InjectNonFinite.name}, args: {{at: [2]}}}}\n"
+        + "    - method: ce\n"
+    )
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    summary = bench.run_bench(str(path), runs_dir=runs, results_dir=results)
+    assert [(r["cell"], r["status"]) for r in summary] == [("boom", "diverged"), ("ce", "ran")]
+    assert summary[0]["step"] == 2
+    published = results / "tiny" / "boom" / "seed0"
+    assert not (published / "results.json").exists()
+    record = json.loads((published / "diverged.json").read_text())
+    assert record["schema"] == bench.DIVERGED_SCHEMA and record["step"] == 2
+    assert record["parts"]["loss_aux"] == "nan" and record["parts"]["loss_ce"] > 0
+    assert "non-finite loss at step 2" in record["message"]
+    assert {"git_sha", "versions", "machine"} <= set(record["provenance"])
+    assert "method: test_nonfinite" in (published / "config.yaml").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a diverged cell is finished: it must not be trained again")
+
+    monkeypatch.setattr("robustfeat.train.train", no_training)
+    again = bench.run_bench(str(path), runs_dir=runs, results_dir=results)
+    assert [r["status"] for r in again] == ["diverged", "done"]

@@ -13,24 +13,38 @@ Each (cell, seed) trains into ``<runs>/<recipe>/<cell>/seed<k>`` (weights stay t
 results are copied to ``<results>/<recipe>/<cell>/seed<k>/`` (results.json, config.yaml,
 metrics.jsonl; no weights) — the committed record. A cell whose results exist is skipped; an
 interrupted one resumes from its last checkpoint.
+
+A cell whose loss goes NaN/inf (``TrainingDiverged``) is a result too: ``diverged.json`` (schema
+``robustfeat.diverged/1``: the step, the loss parts, the message, provenance) is published with
+its config.yaml and metrics.jsonl in place of results.json, the matrix goes on with the next
+cell, and the report lists it (a sweep says which setting diverged, and where). Such a cell is
+skipped like a finished one; delete its diverged.json to train it again.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from . import io
 from .config import load_recipe, make_config, read_yaml, recipe_path, type_name, value_fits
 from .errors import ConfigError
 from .io import safe_name
 from .methods import check_method_options
+from .provenance import provenance
+
+if TYPE_CHECKING:
+    from .train import TrainingDiverged
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "results.json")  # results.json last: marks done
+DIVERGED_FILE = "diverged.json"
+DIVERGED_SCHEMA = "robustfeat.diverged/1"
 # bench cell keys and the types their values must have
 CELL_KEYS: dict[str, Any] = {
     "name": str,
@@ -127,13 +141,22 @@ def select(cells: list[Cell], only: list[str] | None, flag: str = "--only") -> l
     return chosen
 
 
+def finished(recipe_results: Path, cell: Cell, seed: int) -> str | None:
+    """``"done"`` (results.json published), ``"diverged"`` (diverged.json) or None."""
+    target = recipe_results / cell.name / f"seed{seed}"
+    if (target / "results.json").exists():
+        return "done"
+    return "diverged" if (target / DIVERGED_FILE).exists() else None
+
+
 def plan(
     recipe: str,
     only: list[str] | None = None,
     seeds: list[int] | None = None,
     results_dir: Path = Path("benchmarks/results"),
-) -> list[tuple[Cell, int, bool]]:
-    """(cell, seed, already done) for every selected run, validating each config up front."""
+) -> list[tuple[Cell, int, str | None]]:
+    """(cell, seed, how it finished if it did) for every selected run, validating each config
+    up front."""
     base = load_recipe(recipe)
     cells = select(recipe_cells(recipe), only)
     rows = []
@@ -143,10 +166,7 @@ def plan(
                 base, cell.config_layer(seed)
             )  # a bad cell fails before anything runs
             check_method_options(cfg.method, cfg.method_args)
-            done = (
-                results_dir / recipe_label(recipe) / cell.name / f"seed{seed}" / "results.json"
-            ).exists()
-            rows.append((cell, seed, done))
+            rows.append((cell, seed, finished(results_dir / recipe_label(recipe), cell, seed)))
     return rows
 
 
@@ -162,7 +182,7 @@ def run_bench(
     runs_dir: Path = Path("runs/bench"),
     results_dir: Path = Path("benchmarks/results"),
 ) -> list[dict[str, Any]]:
-    from .train import train
+    from .train import TrainingDiverged, train
 
     console = Console()
     rows = plan(recipe, only, seeds, results_dir)
@@ -171,14 +191,22 @@ def run_bench(
     summary = []
     for cell, seed, done in rows:
         target = results_dir / label / cell.name / f"seed{seed}"
-        status = "done" if done else ("would run" if dry_run else "running")
+        status = done or ("would run" if dry_run else "running")
         console.print(f"[bold]{label}/{cell.name}/seed{seed}[/]: {status}")
         if done or dry_run:
             summary.append({"cell": cell.name, "seed": seed, "status": status})
             continue
         cfg = make_config(base, cell.config_layer(seed), {"progress": False})
         run = runs_dir / label / cell.name / f"seed{seed}"
-        results = train(cfg, run, resume=True)
+        try:
+            results = train(cfg, run, resume=True)
+        except TrainingDiverged as err:
+            publish_divergence(run, target, err)
+            console.print(f"[yellow]{label}/{cell.name}/seed{seed}: diverged[/] ({err})")
+            summary.append(
+                {"cell": cell.name, "seed": seed, "status": "diverged", "step": err.step}
+            )
+            continue
         publish(run, target)
         summary.append(
             {
@@ -191,10 +219,31 @@ def run_bench(
     return summary
 
 
+def _copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+
+
 def publish(run: Path, target: Path) -> None:
     """Copy a finished run's committed record (no weights) next to the other results."""
     target.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
-        tmp = target / f".{name}.tmp"
-        shutil.copyfile(run / name, tmp)
-        tmp.replace(target / name)
+        _copy(run / name, target / name)
+
+
+def publish_divergence(run: Path, target: Path, err: TrainingDiverged) -> None:
+    """Publish a diverged run: its config.yaml and metrics.jsonl (up to the last logged step)
+    and ``diverged.json`` (written last: it marks the cell finished)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES[:-1]:
+        if (run / name).is_file():
+            _copy(run / name, target / name)
+    record = {
+        "schema": DIVERGED_SCHEMA,
+        "step": err.step,
+        "parts": {k: v if math.isfinite(v) else str(v) for k, v in err.parts.items()},
+        "message": str(err),
+        "provenance": provenance(),
+    }
+    io.write_json(target / DIVERGED_FILE, record)

@@ -76,7 +76,12 @@ RESUMABLE_KEYS = frozenset(
 
 
 class TrainingDiverged(RobustfeatError):
-    """A loss became NaN/inf; the last good checkpoint is kept."""
+    """A loss became NaN/inf; the last good checkpoint is kept. ``step`` (1-based) and the
+    loss parts at that step (``parts``) say where and which."""
+
+    def __init__(self, message: str, step: int, parts: dict[str, float]) -> None:
+        super().__init__(message)
+        self.step, self.parts = step, parts
 
 
 def fault_point(where: str, step: int | None = None, rank: int = 0) -> None:
@@ -611,7 +616,9 @@ class Trainer:
             self.console_log(f"[yellow]skipping batch[/]: {message}")
             return False
         raise TrainingDiverged(
-            message + "; the last good checkpoint is kept in " + str(self.run.root)
+            message + "; the last good checkpoint is kept in " + str(self.run.root),
+            step + 1,
+            parts,
         )
 
     def console_log(self, message: str) -> None:
