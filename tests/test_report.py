@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
@@ -1005,6 +1006,47 @@ def test_a_protocol_file_of_another_suite_is_an_error(tmp_path):
         ConfigError, match=r"paper-topgap\.json is not a .* with suite 'paper-topgap'"
     ):
         sweep_table(sweep, spec, groups_of(root))
+
+
+def write_diverged(root: Path, recipe: str, cell: str, seed: int, step: int, **args: Any) -> Path:
+    run = root / recipe / cell / f"seed{seed}"
+    run.mkdir(parents=True)
+    record = {
+        "schema": "robustfeat.diverged/1",
+        "step": step,
+        "parts": {"loss": "nan", "loss_ce": 2.3, "loss_l1": "inf"},
+        "message": f"non-finite loss at step {step}",
+    }
+    (run / "diverged.json").write_text(json.dumps(record))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": "topgap", "method_args": args}))
+    return run
+
+
+def test_a_diverged_setting_is_a_sweep_row_and_a_note_never_a_ranked_cell(tmp_path):
+    root = tmp_path / "r"
+    write_run(root, "cpu", "ce", 0, topgap_results(0.84, 0.02, 0.0))
+    write_run(root, "cpu", "topgap_k16", 0, topgap_results(0.83, 0.09, 0.0, k=16))
+    write_run(root, "cpu-sweeps", "topgap_k8", 0, topgap_results(0.80, 0.15, 0.01, k=8))
+    write_diverged(root, "cpu-sweeps", "topgap_k16_lam10", 0, 37, k=16, lam=10.0)
+    collection = collect([root])
+    assert [(r.cell, r.seed) for r in collection.diverged] == [("topgap_k16_lam10", 0)]
+    assert "topgap_k16_lam10" not in {r.cell for r in collection.runs}
+    groups, diverged = group(collection.runs), group(collection.diverged)
+    spec = load_spec()
+    sweep = next(s for s in spec.sweeps if s.id == "topgap")
+
+    table = sweep_table(sweep, spec, groups, diverged)
+    row = row_for(table, "cpu-sweeps/topgap_k16_lam10")
+    assert (row["Setting"], row["Clean"], row["PGD-20"]) == ("k 16, lam 10.0", "diverged", "–")
+    note = "`cpu-sweeps/topgap_k16_lam10` (k 16, lam 10.0; seed 0: step 37, loss_l1 non-finite)"
+    assert any(note in n for n in table.notes)
+    assert not any("topgap_k16_lam10" in n for n in table.notes if n.startswith("Best for"))
+    cells = cells_table(groups, spec, diverged)
+    assert "cpu-sweeps/topgap_k16_lam10" not in [r[0] for r in cells.rows]
+    assert any(n.startswith("Training diverged") and note in n for n in cells.notes)
+    (root / "cpu-sweeps" / "topgap_k16_lam10" / "seed0" / "diverged.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"is not a robustfeat\.diverged/1 record"):
+        collect([root])
 
 
 def test_sweep_table_needs_two_cells(tmp_path):

@@ -118,11 +118,11 @@ def build(
     plots: bool = True,
 ) -> Built:
     collection = collect(runs, perf)
-    groups = group(collection.runs)
+    groups, diverged = group(collection.runs), group(collection.diverged)
     spec = load_spec(tables or DEFAULT_TABLES)
     goals = load_yaml(perf_goals or DEFAULT_PERF_GOALS)
-    tables = [cells_table(groups, spec), cam_table(groups, spec)]
-    tables += [sweep_table(sweep, spec, groups) for sweep in spec.sweeps]
+    tables = [cells_table(groups, spec, diverged), cam_table(groups, spec)]
+    tables += [sweep_table(sweep, spec, groups, diverged) for sweep in spec.sweeps]
     results = [t for t in tables if t is not None]
     perf_list = perf_tables(collection.perf, goals) if collection.perf else []
 

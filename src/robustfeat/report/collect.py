@@ -3,7 +3,9 @@
 A run is a directory holding ``results.json`` (schema ``robustfeat.results/1``), with optional
 siblings ``metrics.jsonl`` and ``config.yaml``. In the committed benchmark layout
 ``<recipe>/<cell>/seed<k>/results.json`` the cell and recipe come from the path; any other run
-directory is its own cell (named after the directory), in no recipe.
+directory is its own cell (named after the directory), in no recipe. A bench cell whose training
+diverged has ``diverged.json`` (schema ``robustfeat.diverged/1``) instead of results.json: it is
+collected apart (``Collection.diverged``), so the tables can say which setting diverged, and where.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ..errors import ConfigError
 
 RESULTS_SCHEMA = "robustfeat.results/1"
 PERF_SCHEMA = "robustfeat.perf/1"
+DIVERGED_SCHEMA = "robustfeat.diverged/1"
+DIVERGED_FILE = "diverged.json"
 SEED_DIR = re.compile(r"seed(\d+)$")
 
 
@@ -77,6 +81,7 @@ class Collection:
     perf: dict[str, Any] | None = None
     perf_path: Path | None = None
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    diverged: list[Run] = field(default_factory=list)  # results = the diverged.json record
 
 
 def read_json(path: Path) -> Any:
@@ -149,6 +154,24 @@ def find_json(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
+def find_diverged(paths: Iterable[str | Path]) -> list[Run]:
+    """The diverged bench cells (``diverged.json``) under the given directories."""
+    runs = []
+    for raw in paths:
+        path = Path(raw)
+        for found in sorted(path.rglob(DIVERGED_FILE)) if path.is_dir() else []:
+            data = read_json(found)
+            if not isinstance(data, dict) or data.get("schema") != DIVERGED_SCHEMA:
+                raise ConfigError(f"{found} is not a {DIVERGED_SCHEMA} record")
+            recipe, cell, seed = locate(found, data)
+            runs.append(
+                Run(
+                    found, recipe, cell, seed, data, [], read_config(found.with_name("config.yaml"))
+                )
+            )
+    return runs
+
+
 def find_perf(paths: Iterable[str | Path]) -> Path | None:
     """perf.json in a given directory or its parent (benchmarks/results/cpu ->
     benchmarks/results/perf.json)."""
@@ -207,7 +230,7 @@ def collect(paths: Iterable[str | Path], perf: str | Path | None = None) -> Coll
         )
     for line in skipped:
         print(f"robustfeat report: skipped {line}", file=sys.stderr)
-    return Collection(runs, perf_data, perf_path, skipped)
+    return Collection(runs, perf_data, perf_path, skipped, find_diverged(paths))
 
 
 def protocol_group(group: CellGroup, suite: str) -> CellGroup | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import glob
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,7 +312,29 @@ def flag_summary(group: CellGroup) -> str:
     return ", ".join(f"{k} ({v}/{len(group.runs)})" for k, v in sorted(counts.items())) or "none"
 
 
-def cells_table(groups: list[CellGroup], spec: Spec) -> Table:
+def divergence_text(group: CellGroup) -> str:
+    """Where each seed of a diverged cell went NaN/inf and which loss parts did
+    (``seed 0: step 37, loss_l1 non-finite``)."""
+    lines = []
+    for run in group.runs:
+        parts = run.results.get("parts")
+        # the total is non-finite whenever a part is: name the parts (as the trainer's message)
+        bad = [k for k, v in parts.items() if isinstance(v, str)] if isinstance(parts, dict) else []
+        bad = [k for k in bad if k != "loss"] or bad
+        text = f"seed {run.seed}: step {run.results.get('step', '?')}"
+        lines.append(f"{text}, {', '.join(bad)} non-finite" if bad else text)
+    return "; ".join(lines)
+
+
+def diverged_note(diverged: Iterable[CellGroup]) -> list[str]:
+    """One note naming the cells whose training diverged (they have no results)."""
+    cells = [f"`{g.key}` ({setting_text(g)}; {divergence_text(g)})" for g in diverged]
+    if not cells:
+        return []
+    return [f"Training diverged (loss NaN/inf, so no results): {'; '.join(cells)}."]
+
+
+def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGroup] = ()) -> Table:
     metrics = generic_metrics(groups)
     header = ["Cell", "Method", "AT", "Seeds", *[label for label, _ in metrics], "Flags"]
     rows = []
@@ -339,6 +361,7 @@ def cells_table(groups: list[CellGroup], spec: Spec) -> Table:
         f"for `hnc_mse_sym0.6`, `spurious_{spec.reference_cell}` for `spurious_hnc_kd`); in a "
         f"recipe without one (cpu-sweeps), the `{spec.reference_cell}` of another recipe whose "
         "training config is the same apart from the method.",
+        *diverged_note(diverged),
         LEGEND,
     ]
     return Table("cells", "All cells", header, rows, notes)
@@ -517,11 +540,15 @@ def _sweep_row(
     return [*line, flag_summary(group)]
 
 
-def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | None:
-    """The sweep's cells side by side with their settings, the best setting for accuracy and
-    for robustness named, and the paper's claimed values as the last row; None with fewer
-    than two cells."""
+def sweep_table(
+    sweep: Sweep, spec: Spec, groups: list[CellGroup], diverged: Sequence[CellGroup] = ()
+) -> Table | None:
+    """The sweep's cells side by side with their settings (diverged settings too, unranked),
+    the best setting for accuracy and for robustness named, and the paper's claimed values as
+    the last row; None with fewer than two cells with results."""
     members = sweep.members(groups)
+    measured = {g.key for g in members}
+    failed = [g for g in sweep.members(list(diverged)) if g.key not in measured]
     if len(members) < 2:
         return None
     ref = next((g for g in groups if g.key == sweep.reference), None)
@@ -536,7 +563,11 @@ def sweep_table(sweep: Sweep, spec: Spec, groups: list[CellGroup]) -> Table | No
         if again is not None:
             protocol_runs.append(again)
             rows.append(_sweep_row(sweep, again, again.key, setting_text(again), None))
+    for group in failed:
+        blank = ["–"] * (len(sweep.columns) - 1)
+        rows.append([group.key, setting_text(group), "–", "diverged", *blank, "–"])
     notes = [f"Our runs: {our_setting(members)}. Other options at the method's defaults."]
+    notes += diverged_note(failed)
     value_notes: list[str] = []
     if sweep.claim is not None:
         table = spec.table(sweep.claim[0])
