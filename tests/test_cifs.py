@@ -48,6 +48,10 @@ def test_relevance_of_a_linear_probe_is_the_sum_of_the_topk_weight_rows():
     torch.testing.assert_close(g, torch.stack([w[2] + w[1], w[1] + w[0]]))
     g = channel_relevance(probe, pooled, k=1, target=torch.tensor([2, 1]))
     torch.testing.assert_close(g, torch.stack([w[2], w[1]]))
+    # logits handed in (the layer's own forward) choose the classes instead of a second pass
+    given = torch.tensor([[0.0, 1, 2], [2, 1, 0]])
+    g = channel_relevance(probe, pooled, k=2, logits=given)
+    torch.testing.assert_close(g, torch.stack([w[2] + w[1], w[0] + w[1]]))
 
 
 def test_relevance_classes_replace_the_top1_by_the_label():

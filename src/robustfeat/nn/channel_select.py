@@ -78,7 +78,11 @@ def probe_input_gradient(
 
 
 def channel_relevance(
-    probe: nn.Module, pooled: torch.Tensor, k: int, target: torch.Tensor | None = None
+    probe: nn.Module,
+    pooled: torch.Tensor,
+    k: int,
+    target: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Channel relevances g^l (N, C), Eq. (1) of Yan et al. 2021:
     ``g = d/d delta  sum_{i in y^{l,k}} A(z + delta 1^T)_i  at delta = 0``.
@@ -86,10 +90,11 @@ def channel_relevance(
     The probe starts with global average pooling, so a channel-wise shift delta_c shifts the
     pooled feature by delta_c and g equals the gradient with respect to the pooled features
     ``pooled`` (= the spatial sum of dA/dz). Whether ``pooled`` is a detached copy (official)
-    or the live features is the caller's choice.
+    or the live features is the caller's choice. ``logits``: ``probe(pooled)`` if the caller
+    has it already (they only choose the classes y^{l,k}; not run twice, ~2 ms of a CIFS step).
     """
-    with torch.no_grad():  # the logits only choose the classes y^{l,k}
-        index = relevance_classes(probe(pooled), k, target)
+    with torch.no_grad():
+        index = relevance_classes(probe(pooled) if logits is None else logits, k, target)
     return probe_input_gradient(probe, pooled, index)
 
 
@@ -162,13 +167,18 @@ class ChannelSelect(nn.Module):
         self.label_mask = bool(label_mask)
         self.exact_gradient = False
 
-    def mask(self, pooled: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Importance mask (N, C) from GAP features; labels only count in training mode (and
-        with ``label_mask``)."""
+    def mask(
+        self,
+        pooled: torch.Tensor,
+        target: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Importance mask (N, C) from GAP features (and the probe's logits on them, if at
+        hand); labels only count in training mode (and with ``label_mask``)."""
         source = pooled if self.exact_gradient else pooled.detach()
         use_labels = self.training and self.label_mask
         relevance = channel_relevance(
-            self.probe, source, self.top_k, target if use_labels else None
+            self.probe, source, self.top_k, target if use_labels else None, logits
         )
         m = importance_mask(relevance, self.imgf, self.alpha, self.temperature)
         return m * self.mask_scale
@@ -179,7 +189,7 @@ class ChannelSelect(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             pooled = _pooled(z)
             logits = self.probe(pooled)
-            mask = self.mask(pooled, target)
+            mask = self.mask(pooled, target, logits.detach())
         return _apply(z, mask), logits
 
 
