@@ -245,8 +245,13 @@ def test_default_spec_holds_the_papers_tables_as_transcribed():
         "cifs_best",
         "cifs_topk",
         "topgap",
+        "topgap_ablation",
         "alfa",
     ]
+    ablation = tables["topgap_ablation"]  # Table 7: FPN, l1, Top-GAP on / off
+    assert len(ablation.rows) == 8
+    assert ablation.row("FPN ✓, ℓ1 ✓, Top-GAP ✗").paper["fgsm"].value == 0.305
+    assert ablation.row("FPN ✗, ℓ1 ✗, Top-GAP ✓").paper["acc"].value == 0.681
     tenet = tables["tenet"]
     assert [c.label for c in tenet.columns] == [
         "Clean err.",
@@ -287,6 +292,7 @@ DEFAULT_ROWS = {
         "tenet": "Baseline [31]",
         "hnc": "Cross Entropy",
         "topgap": "Baseline (PRN18)",
+        "topgap_ablation": "FPN ✗, ℓ1 ✗, Top-GAP ✗ (baseline)",
         "alfa": "Standard Training",
     },
     "cutout": {"tenet": "Cutout [7]"},
@@ -313,6 +319,14 @@ DEFAULT_ROWS = {
     "hnc_mse": {"hnc": "HNC_mse"},
     "hnc_kd": {"hnc": "HNC_kd"},
     "topgap_k4": {"topgap": "Top-GAP (ours, PRN18)"},
+    "topgap_k16": {
+        "topgap": "Top-GAP (ours, PRN18)",
+        "topgap_ablation": "FPN ✓, ℓ1 ✓, Top-GAP ✓ (Top-GAP)",
+    },
+    "topgap_k16_no_topgap": {
+        "topgap": "Top-GAP (ours, PRN18)",
+        "topgap_ablation": "FPN ✓, ℓ1 ✓, Top-GAP ✗",
+    },
     "cifs+fgsm_rs": {
         "cifs": "CIFS",
         "cifs_best": "CIFS",
