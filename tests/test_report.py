@@ -1022,6 +1022,24 @@ def test_a_protocol_file_of_another_suite_is_an_error(tmp_path):
         sweep_table(sweep, spec, groups_of(root))
 
 
+def test_a_paper_row_of_a_recipe_without_the_reference_compares_with_the_same_setup(tmp_path):
+    root = tmp_path / "r"
+    for seed, clean in enumerate([0.84, 0.85]):
+        write_run(root, "cpu", "ce", seed, topgap_results(clean, 0.02, 0.0, seed))
+    write_run(root, "cpu-sweeps", "topgap_k16_no_topgap", 0, topgap_results(0.82, 0.2, 0.01, k=16))
+    spec = load_spec()
+    table = paper_table(spec.table("topgap_ablation"), groups_of(root))
+    row = row_for(table, "FPN ✓, ℓ1 ✓, Top-GAP ✗")
+    assert (row["Our cell"], row["Clean: ours"]) == ("cpu-sweeps/topgap_k16_no_topgap", "82.00 ?")
+    # another training setup (here: a different batch size) is never the reference
+    other = root / "cpu-sweeps" / "topgap_k16_no_topgap" / "seed0" / "results.json"
+    data = json.loads(other.read_text())
+    data["run"]["config"]["batch_size"] = 64
+    other.write_text(json.dumps(data))
+    table = paper_table(spec.table("topgap_ablation"), groups_of(root))
+    assert row_for(table, "FPN ✓, ℓ1 ✓, Top-GAP ✗")["Clean: ours"] == "82.00"
+
+
 def write_diverged(root: Path, recipe: str, cell: str, seed: int, step: int, **args: Any) -> Path:
     run = root / recipe / cell / f"seed{seed}"
     run.mkdir(parents=True)

@@ -78,9 +78,11 @@ def format_measured(stat: Stat | None, metric: Metric) -> str:
 
 def reference_group(candidates: list[CellGroup], group: CellGroup) -> CellGroup | None:
     """The reference cell for ``group``: the one candidate of the same recipe trained with the
-    same AT scheme (cells under different schemes or recipes are never compared)."""
-    same = [
-        g for g in candidates if g.at == group.at and g.recipe == group.recipe and g is not group
+    same AT scheme, else (a recipe without one, e.g. cpu-sweeps) the one whose training config is
+    the same apart from the method (``training_setup``); other cells are never compared."""
+    others = [g for g in candidates if g.at == group.at and g is not group]
+    same = [g for g in others if g.recipe == group.recipe] or [
+        g for g in others if training_setup(g) == training_setup(group)
     ]
     return same[0] if len(same) == 1 else None
 
