@@ -1047,6 +1047,7 @@ def write_diverged(root: Path, recipe: str, cell: str, seed: int, step: int, **a
         "schema": "robustfeat.diverged/1",
         "step": step,
         "parts": {"loss": "nan", "loss_ce": 2.3, "loss_l1": "inf"},
+        "nonfinite": ["loss_l1"],
         "message": f"non-finite loss at step {step}",
     }
     (run / "diverged.json").write_text(json.dumps(record))

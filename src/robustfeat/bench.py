@@ -15,10 +15,11 @@ metrics.jsonl; no weights) — the committed record. A cell whose results exist 
 interrupted one resumes from its last checkpoint.
 
 A cell whose loss goes NaN/inf (``TrainingDiverged``) is a result too: ``diverged.json`` (schema
-``robustfeat.diverged/1``: the step, the loss parts, the message, provenance) is published with
-its config.yaml and metrics.jsonl in place of results.json, the matrix goes on with the next
-cell, and the report lists it (a sweep says which setting diverged, and where). Such a cell is
-skipped like a finished one; delete its diverged.json to train it again.
+``robustfeat.diverged/1``: the step, the loss parts and which were non-finite, the message,
+provenance) is published with its config.yaml and metrics.jsonl in place of results.json, the
+matrix goes on with the next cell, and the report lists it (a sweep says which setting diverged,
+and where). Such a cell is skipped like a finished one; delete its diverged.json to train it
+again.
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def publish_divergence(run: Path, target: Path, err: TrainingDiverged) -> None:
         "schema": DIVERGED_SCHEMA,
         "step": err.step,
         "parts": {k: v if math.isfinite(v) else str(v) for k, v in err.parts.items()},
+        "nonfinite": err.nonfinite,
         "message": str(err),
         "provenance": provenance(),
     }

@@ -76,12 +76,15 @@ RESUMABLE_KEYS = frozenset(
 
 
 class TrainingDiverged(RobustfeatError):
-    """A loss became NaN/inf; the last good checkpoint is kept. ``step`` (1-based) and the
-    loss parts at that step (``parts``) say where and which."""
+    """A loss became NaN/inf; the last good checkpoint is kept. ``step`` (1-based), the loss
+    parts at that step (``parts``) and the names of the non-finite ones (``nonfinite``) say
+    where and which."""
 
-    def __init__(self, message: str, step: int, parts: dict[str, float]) -> None:
+    def __init__(
+        self, message: str, step: int, parts: dict[str, float], nonfinite: list[str]
+    ) -> None:
         super().__init__(message)
-        self.step, self.parts = step, parts
+        self.step, self.parts, self.nonfinite = step, parts, nonfinite
 
 
 def fault_point(where: str, step: int | None = None, rank: int = 0) -> None:
@@ -619,6 +622,7 @@ class Trainer:
             message + "; the last good checkpoint is kept in " + str(self.run.root),
             step + 1,
             parts,
+            bad,
         )
 
     def console_log(self, message: str) -> None:

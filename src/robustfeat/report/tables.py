@@ -319,10 +319,8 @@ def divergence_text(group: CellGroup) -> str:
     (``seed 0: step 37, loss_l1 non-finite``)."""
     lines = []
     for run in group.runs:
-        parts = run.results.get("parts")
-        # the total is non-finite whenever a part is: name the parts (as the trainer's message)
-        bad = [k for k, v in parts.items() if isinstance(v, str)] if isinstance(parts, dict) else []
-        bad = [k for k in bad if k != "loss"] or bad
+        bad = run.results.get("nonfinite")
+        bad = [str(k) for k in bad] if isinstance(bad, list) else []
         text = f"seed {run.seed}: step {run.results.get('step', '?')}"
         lines.append(f"{text}, {', '.join(bad)} non-finite" if bad else text)
     return "; ".join(lines)
