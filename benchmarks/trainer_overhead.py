@@ -2,7 +2,7 @@
 
 Same process, same model (ResNet-20 with its Normalize), batch, optimizer, per-iteration LR,
 batched crop+flip augmentation from uint8 tensors, precision, channels_last and compile
-settings. Each side runs ``--epochs`` epochs on the first ``--n`` CIFAR-10 training images;
+settings. Each side runs ``--epochs`` epochs on ``--n`` random CIFAR-10 training images;
 the first epoch (compilation, warm-up) is discarded and the rest are timed. Sides alternate
 ``--repeats`` times and the medians are compared.
 
@@ -107,12 +107,14 @@ def main() -> None:
 
     cfg = make_config(load_recipe(args.recipe), {"data": args.data, "seed": 0})
     full = prepare_data(cfg.data)
-    keep = torch.arange(args.n)
+    # random subsets: the zip's files are sorted by class, so its first n would hold 2 classes
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.randperm(len(full.train.labels), generator=gen)[: args.n]
     train_subset: ImageDataset = full.train.subset(keep)
     data = type(full)(
         train=train_subset,
         val=None,
-        test=full.test.subset(torch.arange(500)),
+        test=full.test.subset(torch.randperm(len(full.test.labels), generator=gen)[:500]),
         num_classes=full.num_classes,
         mean=full.mean,
         std=full.std,
