@@ -2,9 +2,9 @@
 
 Same process, same model (ResNet-20 with its Normalize), batch, optimizer, per-iteration LR,
 batched crop+flip augmentation from uint8 tensors, precision, channels_last and compile
-settings. Each side runs ``--epochs`` epochs on ``--n`` random CIFAR-10 training images;
-the first epoch (compilation, warm-up) is discarded and the rest are timed. Sides alternate
-``--repeats`` times and the medians are compared.
+settings. Each side runs ``--epochs`` epochs on ``--n`` random CIFAR-10 training images (as
+many of each class); the first epoch (compilation, warm-up) is discarded and the rest are
+timed. Sides alternate ``--repeats`` times and the medians are compared.
 
     PYTHONPATH=src python benchmarks/trainer_overhead.py --data zip:../shared/data/cifar10-jpeg.zip
 """
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from robustfeat.config import load_recipe, make_config
 from robustfeat.data import prepare_data
 from robustfeat.data.base import ImageDataset
+from robustfeat.data.splits import per_class_subset
 from robustfeat.data.transforms import random_crop
 from robustfeat.io import write_json
 from robustfeat.models import create_model
@@ -107,14 +108,17 @@ def main() -> None:
 
     cfg = make_config(load_recipe(args.recipe), {"data": args.data, "seed": 0})
     full = prepare_data(cfg.data)
-    # random subsets: the zip's files are sorted by class, so its first n would hold 2 classes
+    # class-balanced random subsets: the zip's files are sorted by class, so its first n images
+    # would hold one or two classes
     gen = torch.Generator().manual_seed(0)
-    keep = torch.randperm(len(full.train.labels), generator=gen)[: args.n]
-    train_subset: ImageDataset = full.train.subset(keep)
+    per_class = args.n // full.num_classes
+    train_subset: ImageDataset = full.train.subset(
+        per_class_subset(full.train.labels, per_class, gen)
+    )
     data = type(full)(
         train=train_subset,
         val=None,
-        test=full.test.subset(torch.randperm(len(full.test.labels), generator=gen)[:500]),
+        test=full.test.subset(per_class_subset(full.test.labels, 500 // full.num_classes, gen)),
         num_classes=full.num_classes,
         mean=full.mean,
         std=full.std,
