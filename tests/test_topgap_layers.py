@@ -1,10 +1,10 @@
-"""TopKPool2d (Top-GAP Def. 3.5) and FPNHead (Sec. 3.1, Fig. 2)."""
+"""TopKPool2d (Top-GAP Def. 3.5), global average pooling and FPNHead (Sec. 3.1, Fig. 2)."""
 
 import pytest
 import torch
 
 from robustfeat.errors import ConfigError
-from robustfeat.nn import FPNHead, TopKPool2d, topk_pool2d
+from robustfeat.nn import FPNHead, TopKPool2d, global_avg_pool2d, topk_pool2d
 from robustfeat.nn.topk_pool import resolve_k
 
 
@@ -27,6 +27,18 @@ def test_topk_pool_gradient_reaches_only_the_top_k():
     x = torch.tensor([1.0, 5.0, 3.0, 2.0]).view(1, 1, 2, 2).requires_grad_(True)
     topk_pool2d(x, 2).sum().backward()
     assert x.grad.flatten().tolist() == [0.0, 0.5, 0.5, 0.0]
+
+
+def test_global_avg_pool_matches_mean_and_its_gradient():
+    x = torch.tensor([1.0, 5.0, 3.0, 2.0, 0.0, 1.0]).view(1, 1, 2, 3).requires_grad_(True)
+    pooled = global_avg_pool2d(x)
+    assert pooled.shape == (1, 1) and pooled.item() == pytest.approx(2.0)
+    pooled.sum().backward()
+    assert x.grad.flatten().tolist() == pytest.approx([1 / 6] * 6)
+    # the bf16 channels_last maps of the cpu recipe: bit-identical to mean at H W = 8 x 8
+    z = torch.randn(4, 16, 8, 8).bfloat16().contiguous(memory_format=torch.channels_last)
+    assert global_avg_pool2d(z).dtype == torch.bfloat16
+    assert torch.equal(global_avg_pool2d(z), z.mean((2, 3)))
 
 
 def test_resolve_k_fraction_rounds_up_and_stays_in_range():

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ..errors import check
 from ..interpret.cam import cam_from_features, last_stage_features, positives_mask
 from ..models.base import StagedModel
+from ..nn.topk_pool import global_avg_pool2d
 from ._base import Method
 from ._registry import register_method
 
@@ -149,7 +150,7 @@ class HNC(Method):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cams = cam_from_features(last_stage_features(self.model, x), self.classifier, bias=True)
-        logits = cams.mean((2, 3))  # == model(x): the bias is in every CAM position
+        logits = global_avg_pool2d(cams)  # == model(x): the bias is in every CAM position
         positives = positives_mask(y, logits.shape[1])
         negatives = negative_set(logits, positives, self.k)
         if not self.bias:

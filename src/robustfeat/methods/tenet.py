@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from ..adversarial.pgd import model_mode
 from ..errors import check
 from ..models.base import StagedModel
+from ..nn.topk_pool import global_avg_pool2d
 from ._base import Method
 from ._registry import register_method
 
@@ -191,7 +192,7 @@ def channel_grouping(
 # ----------------------------------------------------------------------------- GMW, Eqs. (3)-(5)
 def channel_weights(grad: torch.Tensor) -> torch.Tensor:
     """GMW, Eq. (3): w_j = spatial mean of dL_d/da_j. grad (B, C, H, W) -> (B, C)."""
-    return grad.float().mean(dim=(2, 3))
+    return global_avg_pool2d(grad.float())
 
 
 def _group_mean(values: torch.Tensor, assign: torch.Tensor, groups: int) -> torch.Tensor:

@@ -57,7 +57,7 @@ from ..errors import check
 from ..interpret.cam import to_input_size
 from ..models.base import StagedModel
 from ..nn.fpn_head import FPNHead
-from ..nn.topk_pool import check_k, topk_pool2d
+from ..nn.topk_pool import check_k, global_avg_pool2d, topk_pool2d
 from ._base import AttackLoss, Method
 from ._registry import register_method
 
@@ -132,7 +132,7 @@ class TopGapNet(nn.Module):
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """Top-GAP(X, k) of Def. 3.5 (GAP when k is None)."""
-        return maps.mean((2, 3)) if self.k is None else topk_pool2d(maps, self.k)
+        return global_avg_pool2d(maps) if self.k is None else topk_pool2d(maps, self.k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.class_maps(x))
@@ -218,7 +218,7 @@ class TopGAP(Method):
         net = self.model
 
         def gap_ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = net.class_maps(x).float().mean((2, 3))
+            logits = global_avg_pool2d(net.class_maps(x).float())
             return F.cross_entropy(logits, y, reduction="none")
 
         return {"gap_ce": gap_ce}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.topk_pool import global_avg_pool2d
 from .normalize import Normalize
 
 
@@ -141,7 +142,7 @@ class StagedModel(nn.Module):
         return OrderedDict((name, outputs[index_of[name]]) for name in wanted)
 
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+        return self.fc(global_avg_pool2d(h))
 
     def run_from(self, node: str, h: torch.Tensor, until: str | None = None) -> torch.Tensor:
         """Resume the forward from ``node``'s output ``h``: to logits, or to ``until``'s output."""

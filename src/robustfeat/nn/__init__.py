@@ -4,4 +4,4 @@ from .channel_select import ActivationSuppress, ChannelSelect
 from .dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
 from .feature_slot import FeatureSlot
 from .fpn_head import FPNHead
-from .topk_pool import TopKPool2d, topk_pool2d
+from .topk_pool import TopKPool2d, global_avg_pool2d, topk_pool2d
