@@ -145,6 +145,22 @@ def test_probe_learns_through_the_mask_and_backbone_gets_no_relevance_gradient()
     assert (z.grad - r * mask[:, :, None, None]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_feature_gradient_keeps_the_layout_of_the_features(memory_format):
+    # the gradient from global pooling is a broadcast (stride-0) tensor; times the mask it must
+    # come back in z's layout, or the BN / ReLU backward before the layer run on mixed layouts
+    # (autograd.grad: ``backward`` would restride a leaf's .grad and hide the layout)
+    torch.manual_seed(0)
+    layer = ChannelSelect(6, 4).eval()
+    z = torch.rand(3, 6, 4, 4).contiguous(memory_format=memory_format).requires_grad_(True)
+    out, _ = layer(z)
+    (grad,) = torch.autograd.grad(out.sum(dim=(2, 3)).sum(), z)
+    assert grad.is_contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        mask = layer.mask(z.mean((2, 3)))
+    torch.testing.assert_close(grad, mask[:, :, None, None].expand_as(z))
+
+
 def test_no_grad_forward_matches_and_bf16_keeps_the_probe_in_float32():
     method = small_cifs().eval()
     x = torch.rand(4, 3, 32, 32)
