@@ -1,4 +1,5 @@
-"""Reusable layers (no training logic): dual BN, feature slots, Top-GAP pooling and head."""
+"""Reusable layers (no training logic): dual BN, feature slots, global average and Top-GAP
+pooling, FPN head."""
 
 from .channel_select import ActivationSuppress, ChannelSelect
 from .dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
