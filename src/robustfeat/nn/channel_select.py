@@ -127,7 +127,7 @@ def _apply(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # autograd returns z's gradient NCHW-contiguous (both factors of the backward product are
     # layout-ambiguous), and on a channels_last net the BN and ReLU backward before the layer
     # then run on mixed layouts, about 2x slower
-    full = torch.empty_like(z).copy_(mask.to(z.dtype)[:, :, None, None])
+    full = torch.empty_like(z).copy_(mask[:, :, None, None])  # copy_ casts to z's dtype
     return z * full
 
 
