@@ -20,6 +20,7 @@ from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_pl
 from robustfeat.report.spec import Metric, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
+    LEGEND,
     best_cell,
     cam_table,
     cells_table,
@@ -1130,3 +1131,36 @@ def test_a_recipe_without_ce_compares_with_the_ce_of_a_recipe_trained_alike(tmp_
     assert row_for(table, "cpu-sweeps/topgap_k8")["Clean"] == "70.50 ± 0.71 ▼"
     assert row_for(table, "demo/topgap_k8")["Clean"] == "70.50 ± 0.71"
     assert row_for(table, "cpu/ce")["Clean"] == "80.50 ± 0.71"  # never its own reference
+
+
+def test_a_gain_under_standard_attacks_that_adaptive_attacks_beat_is_marked_masked(tmp_path):
+    """CAS-like cells: far above AT under FGSM / PGD-20, below it under their own adaptive
+    loss. Their ▲ on a standard attack becomes ⚠; clean accuracy keeps its ▲."""
+    root = tmp_path / "r"
+    masked_flag = {"name": "adaptive_attack_stronger", "detail": "...", "values": {}}
+
+    def run(cell: str, seed: int, accuracies: list[float], adaptive: bool, **kw) -> None:
+        clean, fgsm, pgd, *rest = [a + 0.01 * seed for a in accuracies]
+        attacks = [attack("fgsm", "fgsm", fgsm), attack("pgd20", "pgd", pgd)]
+        if adaptive:
+            attacks.append(attack("pgd20[ce_beta2]", "pgd", rest[0], kind="adaptive"))
+        data = results(clean, at="fgsm_rs", seed=seed, attacks=attacks, **kw)
+        write_run(root, "cpu", cell, seed, data)
+
+    for seed in (0, 1):
+        run("ce+fgsm_rs", seed, [0.60, 0.40, 0.35], False)
+        run("cas+fgsm_rs", seed, [0.70, 0.75, 0.66, 0.30], True, method="cas", flags=[masked_flag])
+        run("cifs+fgsm_rs", seed, [0.50, 0.45, 0.40, 0.38], True, method="cifs")  # no flag: ▲ kept
+    table = cells_table(groups_of(root), load_spec())
+    cas = row_for(table, "cpu/cas+fgsm_rs")
+    assert (cas["fgsm"], cas["pgd20"]) == ("75.50 ± 0.71 ⚠", "66.50 ± 0.71 ⚠")
+    assert cas["Clean"] == "70.50 ± 0.71 ▲"  # not an attack: no masking to speak of
+    assert cas["Worst case"] == "30.50 ± 0.71 ▼"  # the worst case counts the adaptive attack
+    cifs = row_for(table, "cpu/cifs+fgsm_rs")
+    assert (cifs["fgsm"], cifs["pgd20"]) == ("45.50 ± 0.71 ▲", "40.50 ± 0.71 ▲")
+    assert "⚠" in LEGEND
+    # CIFS's Table 1: its PGD-20 column takes the worst of PGD-20 and the adaptive PGD-20s
+    paper = paper_table(next(t for t in load_spec().tables if t.id == "cifs"), groups_of(root))
+    cas_row = row_for(paper, "CAS", "cpu/cas+fgsm_rs")
+    assert cas_row["FGSM: ours"] == "75.50 ± 0.71 ⚠"
+    assert cas_row["PGD-20: ours"] == "30.50 ± 0.71 ▼"

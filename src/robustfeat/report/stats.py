@@ -19,6 +19,8 @@ from ..errors import ConfigError
 
 Verdict = Literal["better", "worse", "within_spread", "unknown"]
 MARKERS: dict[Verdict, str] = {"better": "▲", "worse": "▼", "within_spread": "≈", "unknown": "?"}
+# in place of ▲ where the compared attack is one the cell masks (tables.masked_column)
+MASKED = "⚠"
 
 
 @dataclass(frozen=True)

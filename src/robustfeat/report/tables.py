@@ -10,7 +10,8 @@ Markdown and HTML by ``render``.
 - ``provenance_table``: git SHAs, package versions and machines of the runs.
 
 Improvement markers (``stats.compare``): ▲ better / ▼ worse than the reference beyond the seeds'
-spread, ≈ within it, ? unknown (a side with one seed).
+spread, ≈ within it, ? unknown (a side with one seed); ⚠ in place of ▲ on a standard attack that
+the cell's own adaptive attacks beat (``masked_column``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from .spec import (
     matching_attacks,
     measure,
 )
-from .stats import MARKERS, Stat, compare, format_stat, summarize
+from .stats import MARKERS, MASKED, Stat, compare, format_stat, summarize
 
 LEGEND = (
     "Ours: mean ± sample std over seeds (n = seeds). Markers compare a cell with its reference "
     "row: ▲ better / ▼ worse by more than the seeds' spread (|Δmean| > std₁ + std₂, both with "
     "≥ 2 seeds), ≈ within the spread, ? not decidable (one seed). Only ▲ is called an "
-    "improvement."
+    "improvement. ⚠ replaces ▲ on a standard attack when the cell's own adaptive attacks beat "
+    "every standard attack (flag adaptive_attack_stronger): that gain is gradient masking."
 )
 
 
@@ -87,10 +89,33 @@ def reference_group(candidates: list[CellGroup], group: CellGroup) -> CellGroup 
     return same[0] if len(same) == 1 else None
 
 
-def with_marker(text: str, stat: Stat | None, ref: Stat | None, metric: Metric) -> str:
+def with_marker(
+    text: str, stat: Stat | None, ref: Stat | None, metric: Metric, masked: bool = False
+) -> str:
+    """``text`` with its verdict against ``ref``; ``masked``: a "better" is shown as ⚠."""
     if stat is None or ref is None:
         return text
-    return f"{text} {MARKERS[compare(stat, ref, metric.higher_is_better)]}"
+    verdict = compare(stat, ref, metric.higher_is_better)
+    return f"{text} {MASKED if masked and verdict == 'better' else MARKERS[verdict]}"
+
+
+def masked_column(group: CellGroup, metric: Metric) -> bool:
+    """Whether ``metric`` takes only standard attacks on a cell whose adaptive attacks beat every
+    standard one (flag ``adaptive_attack_stronger``): there the standard attacks overstate
+    robustness, so a gain under them is no improvement. A column that takes the worst of the
+    standard and the adaptive attacks (the papers' tables) is not masked."""
+    if metric.kind != "attack":
+        return False
+    flagged = [
+        r
+        for r in group.runs
+        if any(f.get("name") == "adaptive_attack_stronger" for f in run_flags(r))
+    ]
+    return bool(flagged) and all(
+        a.get("kind") != "adaptive"
+        for r in flagged
+        for a in matching_attacks(r.results, metric.match)
+    )
 
 
 def seeds_text(group: CellGroup) -> str:
@@ -222,7 +247,7 @@ def _ours_cell(group: CellGroup, ref: CellGroup | None, metric: Metric) -> str:
     ref_stat = cell_stat(ref, metric) if ref is not None else None
     if metric.ratio_to_reference and stat is not None and ref_stat is not None and ref_stat.mean:
         text += f" (×{stat.mean / ref_stat.mean:.2f})"
-    return with_marker(text, stat, ref_stat, metric)
+    return with_marker(text, stat, ref_stat, metric, masked_column(group, metric))
 
 
 def _attack_notes(table: PaperTable, groups: list[CellGroup]) -> list[str]:
@@ -347,7 +372,8 @@ def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGrou
             if stat is not None and stat.n < len(group.runs):
                 text += f" (n={stat.n})"
             if metric.kind != "train_s_per_epoch" and ref is not None:
-                text = with_marker(text, stat, cell_stat(ref, metric), metric)
+                ref_stat = cell_stat(ref, metric)
+                text = with_marker(text, stat, ref_stat, metric, masked_column(group, metric))
             line.append(text)
         line.append(flag_summary(group))
         rows.append(line)
