@@ -18,6 +18,8 @@ common corruptions; distribution-shift sets. Results schema (keys beyond these m
      "checks": {"eps_sweep": [...], "gradients": {...}, "outputs": {...}},
      "corruptions": {"source", "mce", "per_corruption": {name: [5 errors]}, ...},
      "shift": {name: {"accuracy", "n", "drop"}},
+     "train": {"accuracy", "n", "seconds", + with label noise: "accuracy_true_labels",
+               "mislabelled", "memorised"}   (written by the trainer: ``train_fit``),
      "flags": [{"name", "detail", "values"}], "seconds": total}
 """
 
@@ -71,6 +73,28 @@ def predict(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> t
 def clean_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> float:
     logits = predict(model, dataset, batch_size)
     return fraction(logits.argmax(1) == dataset.labels)
+
+
+def train_fit(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> dict[str, Any]:
+    """How well the model fits its training set: accuracy in eval mode on the un-augmented
+    training images against the labels it was trained on (``accuracy``).
+
+    With injected label noise (``train.clean_labels``) also: ``accuracy_true_labels`` (against
+    the clean labels), ``mislabelled`` (the fraction of wrong training labels) and ``memorised``
+    (of the mislabelled images, the fraction predicted as their wrong label). A network that has
+    memorised the noise has ``accuracy`` above ``1 - mislabelled``.
+    """
+    start = time.perf_counter()
+    predicted = predict(model, train, batch_size).argmax(1)
+    fit: dict[str, Any] = {"accuracy": fraction(predicted == train.labels), "n": len(train)}
+    clean = train.clean_labels
+    if clean is not None:
+        wrong = train.labels != clean
+        fit["accuracy_true_labels"] = fraction(predicted == clean)
+        fit["mislabelled"] = fraction(wrong)
+        fit["memorised"] = fraction(predicted[wrong] == train.labels[wrong])
+    fit["seconds"] = time.perf_counter() - start
+    return fit
 
 
 # ------------------------------------------------------------------ metrics from logits

@@ -58,7 +58,15 @@ from .data.base import ImageDataset
 from .data.loader import BatchLoader
 from .data.transforms import Augment, default_train_augment
 from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
-from .evaluate import Progress, clean_accuracy, evaluate, fraction, run_attack
+from .evaluate import (
+    Progress,
+    as_eval_model,
+    clean_accuracy,
+    evaluate,
+    fraction,
+    run_attack,
+    train_fit,
+)
 from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
@@ -830,6 +838,9 @@ class Trainer:
         fault_point("final_weights")
         start = time.perf_counter()
         results = self.evaluate_test(shift=True)
+        if not self.data.train.multilabel:
+            with torch.compiler.set_stance("force_eager"):
+                results["train"] = train_fit(as_eval_model(self.method), self.data.train)
         if cfg.select_best is not None:
             results["best_epoch"] = self.evaluate_best()
         results["run"]["train_seconds"] = train_seconds
