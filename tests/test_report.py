@@ -1164,3 +1164,25 @@ def test_a_gain_under_standard_attacks_that_adaptive_attacks_beat_is_marked_mask
     cas_row = row_for(paper, "CAS", "cpu/cas+fgsm_rs")
     assert cas_row["FGSM: ours"] == "75.50 ± 0.71 ⚠"
     assert cas_row["PGD-20: ours"] == "30.50 ± 0.71 ▼"
+
+
+def test_cells_table_shows_train_fit_and_gap_without_improvement_markers(tmp_path):
+    root = tmp_path / "results"
+    for seed, (ce_test, ce_train, hnc_test, hnc_train) in enumerate(
+        [(0.80, 0.99, 0.90, 0.95), (0.82, 0.98, 0.91, 0.96)]
+    ):
+        ce = results(ce_test, seed=seed)
+        ce["train"] = {"accuracy": ce_train, "n": 50000}
+        hnc = results(hnc_test, method="hnc", seed=seed)
+        hnc["train"] = {"accuracy": hnc_train, "n": 50000}
+        write_run(root, "cpu", "ce", seed, ce)
+        write_run(root, "cpu", "hnc", seed, hnc)
+    table = cells_table(groups_of(root), load_spec())
+    assert table.header[4:7] == ["Clean", "Train", "Gap"]
+    ce, hnc = row_for(table, "cpu/ce"), row_for(table, "cpu/hnc")
+    assert ce["Train"] == "98.50 ± 0.71" and ce["Gap"] == "17.50 ± 2.12"  # gaps 19 and 16
+    # hnc's clean accuracy is marked against ce; its train fit and gap are descriptive
+    assert hnc["Clean"].endswith("▲")
+    assert hnc["Train"] == "95.50 ± 0.71" and hnc["Gap"] == "5.00 ± 0.00"
+    run = groups_of(root)[0].runs[0]
+    assert measure(run, Metric("train_gap")) == pytest.approx(0.19)

@@ -31,6 +31,8 @@ METRIC_KINDS = (
     "train_s_per_epoch",
     "cam",
     "shift",
+    "train",  # accuracy on the un-augmented training images (results["train"])
+    "train_gap",  # train - clean test accuracy
 )
 # results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
 # IoU and ERF distance up; L1 sparsity (Top-GAP Sec. 4.2) and negative-CAM peakiness (HNC) down
@@ -61,6 +63,12 @@ class Metric:
         if self.kind == "cam":
             return CAM_FIELDS[str(self.field)]
         return not (self.error or self.kind in ("clean_error", "mce", "train_s_per_epoch"))
+
+    @property
+    def descriptive(self) -> bool:
+        """Describes the training (time, fit of the train set), not a better or worse model:
+        shown without an improvement marker."""
+        return self.kind in ("train_s_per_epoch", "train", "train_gap")
 
     @property
     def is_fraction(self) -> bool:
@@ -487,6 +495,11 @@ def measure(run: Run, metric: Metric) -> float | None:
         ]
         found = [v for v in found if v is not None]
         value = min(found) if found else None
+    elif metric.kind in ("train", "train_gap"):
+        train = _number(_mapping(r, "train").get("accuracy"))
+        test = _number(clean.get("accuracy"))
+        gap = metric.kind == "train_gap" and train is not None and test is not None
+        value = train - test if gap else train  # type: ignore[operator]
     else:
         return train_seconds_per_epoch(run)
     if value is not None and metric.error and metric.kind == "attack":
