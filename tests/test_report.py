@@ -15,6 +15,7 @@ import yaml
 from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
 from robustfeat.report.build import build
+from robustfeat.report.claims import claims_table, load_claims, threshold_verdict
 from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
 from robustfeat.report.spec import Metric, measure
@@ -1186,3 +1187,84 @@ def test_cells_table_shows_train_fit_and_gap_without_improvement_markers(tmp_pat
     assert hnc["Train"] == "95.50 ± 0.71" and hnc["Gap"] == "5.00 ± 0.00"
     run = groups_of(root)[0].runs[0]
     assert measure(run, Metric("train_gap")) == pytest.approx(0.19)
+
+
+# ------------------------------------------------------------------ the claims table
+CLAIMS_YAML = """
+budgets: ["10 epochs", converged]
+claims:
+  - paper: HNC
+    claim: "raises clean accuracy"
+    figure: "73.79 -> 75.00"
+    metric: {kind: clean}
+    at:
+      "10 epochs": {recipe: cpu, cell: hnc_mse, reference: ce}
+      converged: {recipe: cpu-converged, cell: hnc_mse, reference: ce}
+  - paper: TENET
+    claim: "lowers mCE"
+    figure: "29.88 -> 26.46"
+    metric: {kind: mce}
+    at:
+      converged: {recipe: cpu-converged, cell: tenet, reference: ce}
+  - paper: ALFA
+    claim: "eta on the last block"
+    figure: "Fig. 4"
+    metric: {kind: eta_last}
+    threshold: 0.5
+    at:
+      converged: {recipe: cpu-converged, cell: lalfa}
+"""
+
+
+def test_claims_table_compares_each_budget_and_reads_the_verdict_from_the_last(tmp_path):
+    root = tmp_path / "results"
+    for seed in (0, 1, 2):
+        # 10 epochs: hnc_mse within ce's spread; converged: above it by more than the spread
+        write_run(root, "cpu", "ce", seed, results(0.80 + 0.01 * seed, seed=seed))
+        write_run(root, "cpu", "hnc_mse", seed, results(0.81 + 0.01 * seed, seed=seed))
+        write_run(root, "cpu-converged", "ce", seed, results(0.70 + 0.01 * seed, mce=0.30))
+        write_run(root, "cpu-converged", "hnc_mse", seed, results(0.75 + 0.01 * seed))
+    for seed, eta in enumerate((0.9, 0.8)):
+        epochs = [{"epoch": 1, "train_seconds": 1.0, "eta": {"s1": 1 - eta, "s3": eta}}]
+        write_run(root, "cpu-converged", "lalfa", seed, results(0.7, seed=seed), epochs)
+    (tmp_path / "claims.yaml").write_text(CLAIMS_YAML)
+    table = claims_table(load_claims(tmp_path / "claims.yaml"), groups_of(root))
+    assert table is not None
+    hnc, tenet, lalfa = (dict(zip(table.header, r, strict=True)) for r in table.rows)
+    assert hnc["Ours, 10 epochs"] == "81.00 ± 1.00 (n=3) → 82.00 ± 1.00 (n=3) ≈"
+    assert hnc["Ours, converged"] == "71.00 ± 1.00 (n=3) → 76.00 ± 1.00 (n=3) ▲"
+    assert hnc["Verdict (converged)"] == "reproduces"
+    # tenet was never run; its reference was
+    assert tenet["Ours, 10 epochs"] == "not run yet" == tenet["Verdict (converged)"]
+    # η 0.85 ± 0.07: above 0.5 beyond the spread
+    assert lalfa["Ours, converged"] == "0.850 ± 0.071 (n=2); above 0.5?"
+    assert lalfa["Verdict (converged)"] == "reproduces"
+
+
+def test_threshold_verdicts_need_two_seeds_and_a_margin_beyond_the_spread():
+    assert threshold_verdict(Stat(0.9, 0.1, 3), 0.5) == "reproduces"
+    assert threshold_verdict(Stat(0.55, 0.1, 3), 0.5) == "does not (within the seeds' spread)"
+    assert threshold_verdict(Stat(0.2, 0.1, 3), 0.5) == "does not (below)"
+    assert threshold_verdict(Stat(0.9, None, 1), 0.5) == "inconclusive (one seed)"
+
+
+def test_claims_table_is_left_out_when_nothing_was_measured(tree):
+    assert claims_table(load_claims(), groups_of(tree)[:0]) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["claims"][0]["at"]["converged"].pop("reference"), "needs a `reference`"),
+        (lambda c: c["claims"][2].update(threshold="high"), "threshold must be a number"),
+        (lambda c: c["claims"][2]["at"]["converged"].update(reference="ce"), "no `reference`"),
+        (lambda c: c["claims"][0]["at"].update(later={}), "maps budgets"),
+        (lambda c: c["claims"][0]["metric"].update(kind="speed"), "unknown metric kind"),
+    ],
+)
+def test_claims_errors_say_what_is_wrong(tmp_path, change, message):
+    data = yaml.safe_load(CLAIMS_YAML)
+    change(data)
+    (tmp_path / "claims.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_claims(tmp_path / "claims.yaml")

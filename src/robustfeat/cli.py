@@ -439,6 +439,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         figures=args.figures,
         perf=args.perf,
         tables=args.tables,
+        claims=args.claims,
         command=command,
     )
     from .report.tables import count
@@ -477,6 +478,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tables",
         help="paper tables + cell -> row mapping YAML (default: the packaged paper_values.yaml)",
+    )
+    p.add_argument(
+        "--claims",
+        help="the papers' claims and where each is measured (default: the packaged claims.yaml)",
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .claims import DEFAULT_CLAIMS, claims_table, load_claims
 from .collect import CellGroup, Collection, collect, group, read_json
 from .plots import Plot, make_plots, sweep_plot
 from .render import Report, Section, report_html, report_markdown, table_markdown, update_readme
@@ -113,6 +114,7 @@ def build(
     figures: Sequence[str | Path] = (),
     perf: str | Path | None = None,
     tables: str | Path | None = None,
+    claims: str | Path | None = None,
     perf_goals: str | Path | None = None,
     command: str = "robustfeat report",
     plots: bool = True,
@@ -121,7 +123,8 @@ def build(
     groups, diverged = group(collection.runs), group(collection.diverged)
     spec = load_spec(tables or DEFAULT_TABLES)
     goals = load_yaml(perf_goals or DEFAULT_PERF_GOALS)
-    tables = [cells_table(groups, spec, diverged), cam_table(groups, spec)]
+    claims_rerun = claims_table(load_claims(claims or DEFAULT_CLAIMS), groups)
+    tables = [claims_rerun, cells_table(groups, spec, diverged), cam_table(groups, spec)]
     tables += [sweep_table(sweep, spec, groups, diverged) for sweep in spec.sweeps]
     results = [t for t in tables if t is not None]
     perf_list = perf_tables(collection.perf, goals) if collection.perf else []

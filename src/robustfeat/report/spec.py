@@ -33,6 +33,7 @@ METRIC_KINDS = (
     "shift",
     "train",  # accuracy on the un-augmented training images (results["train"])
     "train_gap",  # train - clean test accuracy
+    "eta_last",  # L-ALFA: the learned η of its deepest site at the end of training
 )
 # results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
 # IoU and ERF distance up; L1 sparsity (Top-GAP Sec. 4.2) and negative-CAM peakiness (HNC) down
@@ -73,7 +74,7 @@ class Metric:
     @property
     def is_fraction(self) -> bool:
         """Accuracies and errors (shown in %), as opposed to seconds or plain CAM scores."""
-        return self.kind not in ("train_s_per_epoch", "cam")
+        return self.kind not in ("train_s_per_epoch", "cam", "eta_last")
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,14 @@ class Spec:
 
 
 # ------------------------------------------------------------------ reading the YAML
-def _need(mapping: Any, key: str, where: str) -> Any:
+def need(mapping: Any, key: str, where: str) -> Any:
     if not isinstance(mapping, dict) or key not in mapping:
         raise ConfigError(f"{where}: missing `{key}`")
     return mapping[key]
 
 
-def _metric(raw: Any, where: str) -> Metric:
-    kind = _need(raw, "kind", where)
+def parse_metric(raw: Any, where: str) -> Metric:
+    kind = need(raw, "kind", where)
     if kind not in METRIC_KINDS:
         raise ConfigError(
             f"{where}: unknown metric kind {kind!r}; valid: {', '.join(METRIC_KINDS)}"
@@ -248,16 +249,16 @@ def _globs(raw: Any, where: str, key: str = "exclude_recipes") -> tuple[str, ...
 
 def _columns(raw: Any, where: str) -> tuple[Column, ...]:
     columns = []
-    for j, col in enumerate(_need(raw, "columns", where)):
+    for j, col in enumerate(need(raw, "columns", where)):
         cw = f"{where} column {j}"
-        key = _need(col, "key", cw)
+        key = need(col, "key", cw)
         subs = col.get("paper") or [{"key": key, "label": "paper"}]
         columns.append(
             Column(
                 key=key,
-                label=_need(col, "label", cw),
-                metric=_metric(_need(col, "metric", cw), f"{cw} ({key})"),
-                paper=tuple(SubColumn(_need(s, "key", cw), _need(s, "label", cw)) for s in subs),
+                label=need(col, "label", cw),
+                metric=parse_metric(need(col, "metric", cw), f"{cw} ({key})"),
+                paper=tuple(SubColumn(need(s, "key", cw), need(s, "label", cw)) for s in subs),
             )
         )
     return tuple(columns)
@@ -266,14 +267,14 @@ def _columns(raw: Any, where: str) -> tuple[Column, ...]:
 def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
     """One table; ``exclude_recipes``: the file's default, unless the table sets its own."""
     where = f"table {i}"
-    table_id = _need(raw, "id", where)
+    table_id = need(raw, "id", where)
     where = f"table {table_id!r}"
     columns = _columns(raw, where)
     paper_keys = {s.key for c in columns for s in c.paper}
     rows = []
-    for j, row in enumerate(_need(raw, "rows", where)):
+    for j, row in enumerate(need(raw, "rows", where)):
         rw = f"{where} row {j}"
-        label = _need(row, "label", rw)
+        label = need(row, "label", rw)
         paper = row.get("paper") or {}
         unknown = sorted(set(paper) - paper_keys)
         if unknown:
@@ -301,7 +302,7 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
         raise ConfigError(f"{where}: paper_unit must be percent or fraction, got {unit!r}")
     return PaperTable(
         id=table_id,
-        title=_need(raw, "title", where),
+        title=need(raw, "title", where),
         source=str(raw.get("source", "")).strip(),
         paper_setting=str(raw.get("paper_setting", "")),
         paper_scale=100.0 if unit == "fraction" else 1.0,
@@ -316,18 +317,18 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
 
 def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
     where = f"sweep {i}"
-    sweep_id = _need(raw, "id", where)
+    sweep_id = need(raw, "id", where)
     where = f"sweep {sweep_id!r}"
     columns = _columns(raw, where)
     keys = [c.key for c in columns]
-    accuracy = _need(raw, "accuracy", where)
-    robustness = tuple(_need(raw, "robustness", where))
+    accuracy = need(raw, "accuracy", where)
+    robustness = tuple(need(raw, "robustness", where))
     unknown = sorted({accuracy, *robustness} - set(keys))
     if unknown:
         raise ConfigError(f"{where}: ranks by unknown column(s) {unknown}; columns: {keys}")
     claim = raw.get("claim")
     if claim is not None:
-        table_id, label = _need(claim, "table", where), _need(claim, "row", where)
+        table_id, label = need(claim, "table", where), need(claim, "row", where)
         by_id = {t.id: t for t in tables}
         if table_id not in by_id:
             raise ConfigError(f"{where}: claim table {table_id!r} is not one of {sorted(by_id)}")
@@ -338,8 +339,8 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
         raise ConfigError(f"{where}: `protocol` is an evaluation suite's name, got {protocol!r}")
     return Sweep(
         id=sweep_id,
-        title=_need(raw, "title", where),
-        cells=_globs(_need(raw, "cells", where), where, "cells"),
+        title=need(raw, "title", where),
+        cells=_globs(need(raw, "cells", where), where, "cells"),
         recipes=_globs(raw.get("recipes", ["*"]), where, "recipes"),
         reference=raw.get("reference"),
         columns=columns,
@@ -373,7 +374,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
     data = load_yaml(path)
     excluded = _globs(data.get("exclude_recipes"), str(path))
-    tables = tuple(_table(t, i, excluded) for i, t in enumerate(_need(data, "tables", str(path))))
+    tables = tuple(_table(t, i, excluded) for i, t in enumerate(need(data, "tables", str(path))))
     sweeps = tuple(_sweep(s, i, tables) for i, s in enumerate(data.get("sweeps") or ()))
     return Spec(tables, str(data.get("reference_cell", "ce")), sweeps)
 
@@ -457,6 +458,13 @@ def epoch_results(run: Run, epoch: str) -> dict[str, Any] | None:
     return evaluation if isinstance(evaluation, dict) else run.results
 
 
+def eta_last(run: Run) -> float | None:
+    """L-ALFA's learned η of its deepest site (the last one logged, sites in network order) in
+    the run's final epoch record (``eta/<site>`` in metrics.jsonl)."""
+    etas = [v for k, v in run.epochs[-1].items() if k.startswith("eta/")] if run.epochs else []
+    return _number(etas[-1]) if etas else None
+
+
 def measure(run: Run, metric: Metric) -> float | None:
     """The metric's value on one run (a fraction, or seconds), or None if not measured."""
     r = epoch_results(run, metric.epoch)
@@ -500,6 +508,8 @@ def measure(run: Run, metric: Metric) -> float | None:
         test = _number(clean.get("accuracy"))
         gap = metric.kind == "train_gap" and train is not None and test is not None
         value = train - test if gap else train  # type: ignore[operator]
+    elif metric.kind == "eta_last":
+        return eta_last(run)
     else:
         return train_seconds_per_epoch(run)
     if value is not None and metric.error and metric.kind == "attack":

@@ -73,7 +73,7 @@ def format_measured(stat: Stat | None, metric: Metric) -> str:
         return "–"
     if metric.is_fraction:
         return format_stat(stat)
-    if metric.kind == "cam":
+    if metric.kind in ("cam", "eta_last"):
         return format_stat(stat, digits=3, scale=1.0)
     return format_stat(stat, digits=1, scale=1.0) + " s"
 
