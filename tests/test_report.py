@@ -14,11 +14,11 @@ import yaml
 
 from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
-from robustfeat.report.build import build
+from robustfeat.report.build import build, papers_section
 from robustfeat.report.claims import claims_table, load_claims, threshold_verdict
 from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
-from robustfeat.report.spec import Metric, measure
+from robustfeat.report.spec import Metric, dataset_family, measure
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
     LEGEND,
@@ -1268,3 +1268,38 @@ def test_claims_errors_say_what_is_wrong(tmp_path, change, message):
     (tmp_path / "claims.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=message):
         load_claims(tmp_path / "claims.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "family"),
+    [
+        ("zip:../shared/data/cifar10-jpeg.zip", "cifar10"),
+        ("cifar100", "cifar100"),
+        ("folder:/home/me/CIFAR-10", "cifar10"),
+        ("folder:/home/me/leaves", None),
+        ("shapes", None),
+        ("folder:/data/cifar1000", None),
+    ],
+)
+def test_dataset_family_from_the_data_spec(data, family):
+    assert dataset_family(data) == family
+
+
+def test_paper_tables_take_only_runs_on_the_papers_datasets(tmp_path):
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        own = results(0.9, seed=seed)
+        own["run"]["data"] = "folder:/home/me/leaves"
+        write_run(root, "mine", "ce", seed, own)
+        write_run(root, "mine", "hnc_mse", seed, {**own, "run": {**own["run"], "method": "hnc"}})
+    spec = load_spec()
+    groups = groups_of(root)
+    assert not any(t.takes(g) for t in spec.tables for g in groups)
+    section = papers_section(spec, groups)
+    assert section.tables == [] and "No run fills (left out): TENET" in section.paragraphs[1]
+    # the same runs on CIFAR-10 fill the TENET and HNC tables, and only those left out are named
+    for run in (r for g in groups for r in g.runs):
+        run.results["run"]["data"] = "cifar10"
+    section = papers_section(spec, groups)
+    assert {t.id for t in section.tables} >= {"tenet", "hnc"}
+    assert "TENET" not in section.paragraphs[1]

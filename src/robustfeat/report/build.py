@@ -18,6 +18,7 @@ from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml
 from .tables import (
     LEGEND,
     Table,
+    assign_rows,
     cam_table,
     cells_table,
     count,
@@ -94,6 +95,25 @@ def scale_note(groups: list[CellGroup], spec: Spec) -> str:
     )
 
 
+def papers_section(spec: Spec, groups: list[CellGroup]) -> Section:
+    """The papers' tables that some run fills (runs on the paper's datasets, e.g. CIFAR-10 /
+    CIFAR-100); a report on other data gets none, and says so."""
+    filled = [t for t in spec.tables if any(assign_rows(t, groups).values())]
+    left_out = [t.title for t in spec.tables if t not in filled]
+    paragraphs = [
+        "One table per paper in the layout of its headline table, for the papers whose rows "
+        "some run fills (runs on the paper's datasets: "
+        f"{', '.join(sorted({d for t in spec.tables for d in t.datasets}))}); rows with no "
+        "matching cell say 'not run'. The cell → row mapping and the papers' values live in "
+        "robustfeat/report/paper_values.yaml."
+    ]
+    if left_out:
+        paragraphs.append(f"No run fills (left out): {'; '.join(left_out)}.")
+    if filled:
+        paragraphs.append(LEGEND)
+    return Section("Beside the papers", paragraphs, tables=[paper_table(t, groups) for t in filled])
+
+
 def readme_markdown(
     results: list[Table], perf: list[Table], groups: list[CellGroup], command: str
 ) -> str:
@@ -140,16 +160,7 @@ def build(
             ],
         ),
         Section("Results: all cells", tables=results),
-        Section(
-            "Beside the papers",
-            [
-                "One table per paper in the layout of its headline table; rows with no matching "
-                "cell say 'not run'. The cell → row mapping and the papers' values live in "
-                "robustfeat/report/paper_values.yaml.",
-                LEGEND,
-            ],
-            tables=[paper_table(t, groups) for t in spec.tables],
-        ),
+        papers_section(spec, groups),
         Section("Gradient-masking flags", tables=[flags_table(groups)]),
     ]
     if plots:

@@ -9,6 +9,7 @@ it (validating every field, so a typo is a clear ConfigError) and evaluates metr
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ CAM_FIELDS = {
     "neg_peakiness": False,
     "erf_distance": True,
 }
+# dataset families by the name in a run's data spec (``cifar10``, ``zip:.../cifar10-jpeg.zip``):
+# the papers' tables take runs on these (a table may list its own); a user's own data fills none
+DATASET_FAMILIES = (
+    ("cifar100", re.compile(r"cifar[-_]?100(?!\d)")),
+    ("cifar10", re.compile(r"cifar[-_]?10(?!\d)")),
+)
+PAPER_DATASETS = ("cifar10", "cifar100")
 EPOCHS = ("last", "best")  # which weights of a run: the final ones, or the best epoch's
 MATCH_KEYS = ("name", "eps", "steps", "restarts", "norm", "label", "loss", "kind")
 EPS_TOLERANCE = 1e-6
@@ -123,9 +131,13 @@ class PaperTable:
     rows: tuple[Row, ...]
     notes: tuple[str, ...]
     exclude_recipes: tuple[str, ...] = ()  # globs over bench recipes kept out of the rows
+    datasets: tuple[str, ...] = PAPER_DATASETS  # dataset families whose runs may fill the rows
 
     def takes(self, group: CellGroup) -> bool:
-        """Whether the group's recipe may fill this table (runs outside a recipe always may)."""
+        """Whether the group may fill this table: trained on one of its datasets, and from a
+        recipe not excluded (runs outside a recipe always may)."""
+        if dataset_family(group_data(group)) not in self.datasets:
+            return False
         return group.recipe is None or not any(
             fnmatch.fnmatchcase(group.recipe, pat) for pat in self.exclude_recipes
         )
@@ -179,6 +191,19 @@ class Spec:
             if table.id == table_id:
                 return table
         raise ConfigError(f"no paper table {table_id!r}; tables: {[t.id for t in self.tables]}")
+
+
+def dataset_family(data: str | None) -> str | None:
+    """``cifar10`` / ``cifar100`` for a run's data spec (the dataset's name or its file's), else
+    None (the user's own data, shapes, ...)."""
+    name = Path(str(data or "")).name.lower()
+    return next((family for family, pattern in DATASET_FAMILIES if pattern.search(name)), None)
+
+
+def group_data(group: CellGroup) -> str | None:
+    """The data spec the group's runs trained on (None if they differ or do not say)."""
+    values = {str(r.info.get("data")) for r in group.runs}
+    return values.pop() if len(values) == 1 else None
 
 
 # ------------------------------------------------------------------ reading the YAML
@@ -312,6 +337,9 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
         exclude_recipes=(
             _globs(raw["exclude_recipes"], where) if "exclude_recipes" in raw else exclude_recipes
         ),
+        datasets=_globs(raw["datasets"], where, "datasets")
+        if "datasets" in raw
+        else PAPER_DATASETS,
     )
 
 
