@@ -148,6 +148,13 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return ramp  # constant
 
 
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Each group's lr = its base lr times the schedule's ``factor``; a group with ``fixed_lr``
+    (e.g. L-ALFA's eta, constant in the official code) keeps its base lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * (1.0 if group.get("fixed_lr") else factor)
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
 
@@ -751,9 +758,7 @@ class Trainer:
         metrics: RunningMetrics,
     ) -> None:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
-        factor = lr_factor(step, total, self.cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+        set_learning_rates(optimizer, lr_factor(step, total, self.cfg))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Skipping a batch also undoes what its forward did to buffers (BN running statistics).

@@ -72,7 +72,8 @@ class Method(nn.Module, abc.ABC):
         return [self.model]
 
     def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; override to give some parameters their own lr or decay."""
+        """Optimizer parameter groups; override to give some parameters their own lr or decay
+        (a group with ``"fixed_lr": True`` keeps its lr outside the trainer's schedule)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], **base}]
 
     def after_step(self) -> None:
