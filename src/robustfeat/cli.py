@@ -312,6 +312,7 @@ def cmd_cams(args: argparse.Namespace) -> int:
 
     from . import io
     from .errors import check
+    from .interpret.cam import small_class_map_warning
     from .interpret.metrics import cam_peakiness
     from .interpret.plots import save_cam_figure
 
@@ -326,6 +327,8 @@ def cmd_cams(args: argparse.Namespace) -> int:
         )
     figures, numbers = [], {}
     for label, method, test in runs:
+        for line in small_class_map_warning(method.eval_model(), test.image_shape, label):
+            print(f"warning: {line}", file=sys.stderr)
         # the same images for every run: a fixed seeded choice from the test split
         count = min(args.n, len(test))
         index = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))

@@ -669,6 +669,9 @@ class Trainer:
             config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             io.atomic_write_bytes(run.config, config_text.encode())
             io.write_json(run.root / "provenance.json", provenance())
+        if self.dist.main:
+            for line in self.method.startup_warnings(total, self.data.train.image_shape):
+                self.console_log(f"warning: {line}")
         if cfg.compile:
             for module in self.method.compile_targets():
                 module.compile()

@@ -365,6 +365,21 @@ class Tenet(Method):
         iteration = int(self.steps_done) + 1
         return self.training and iteration >= self.start_step and iteration % self.every == 0
 
+    def first_active_step(self) -> int:
+        """The 1-based number of the first TENET step (the schedule of ``active``)."""
+        start = max(self.start_step, 1)
+        return start + (-start) % self.every
+
+    def startup_warnings(self, total_steps: int, image_shape: tuple[int, ...]) -> list[str]:
+        first = self.first_active_step()
+        if first <= total_steps:
+            return []
+        return [
+            f"tenet: its first step is {first} (start_step {self.start_step}, every "
+            f"{self.every}) but the run has {total_steps} steps: TENET never acts and this is "
+            "plain CE; lower --method-arg start_step or train longer"
+        ]
+
     def after_step(self) -> None:
         self.steps_done += 1
 
