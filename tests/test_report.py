@@ -18,7 +18,7 @@ from robustfeat.report.build import build, papers_section
 from robustfeat.report.claims import claims_table, load_claims, threshold_verdict
 from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
-from robustfeat.report.spec import Metric, dataset_family, measure
+from robustfeat.report.spec import Metric, dataset_family, measure, train_seconds
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
     LEGEND,
@@ -1303,3 +1303,14 @@ def test_paper_tables_take_only_runs_on_the_papers_datasets(tmp_path):
     section = papers_section(spec, groups)
     assert {t.id for t in section.tables} >= {"tenet", "hnc"}
     assert "TENET" not in section.paragraphs[1]
+
+
+def test_training_time_falls_back_to_the_runs_metrics_log(tmp_path):
+    root = tmp_path / "results"
+    data = results(0.8)
+    del data["run"]["train_seconds"]  # a run re-evaluated by an older version
+    epochs = [{"epoch": e, "train_seconds": 30.0 * e} for e in (1, 2, 3)]
+    write_run(root, "cpu", "ce", 0, data, epochs)
+    (run,) = groups_of(root)[0].runs
+    assert train_seconds(run) == 90.0
+    assert measure(run, Metric("train_s_per_epoch")) == pytest.approx(90.0 / 3)  # 3 logged epochs

@@ -178,8 +178,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import io
     from .data import load_dataset
-    from .evaluate import evaluate, print_summary
+    from .evaluate import evaluate, keep_training_record, print_summary
     from .runs import default_shift_sets, load_run, read_run_config, run_info
     from .train import resolve_device
 
@@ -211,8 +212,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         n_corruptions=args.n_corruptions,
         shift=shift or None,
         progress=not args.no_progress,
-        out=out,
     )
+    if out.is_file():  # re-evaluating a run keeps what its training recorded
+        results = keep_training_record(io.read_json(out), results)
+    io.write_json(out, results)
     print_summary(results)
     print(f"results: {out}")
     return 0

@@ -75,6 +75,25 @@ def clean_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 50
     return fraction(logits.argmax(1) == dataset.labels)
 
 
+# what the trainer records in results.json beside the evaluation: re-evaluating keeps it
+TRAINING_KEYS = ("train", "best_epoch")
+RUN_TRAINING_KEYS = ("train_seconds",)
+
+
+def keep_training_record(previous: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``evaluation`` (a new results dict) with the training facts of the run's ``previous``
+    results kept: its train fit, best-epoch selection and training time. The evaluation's own
+    sections (clean, attacks, corruptions, ...) replace the old ones."""
+    merged = {**evaluation}
+    for key in TRAINING_KEYS:
+        if key in previous and key not in merged:
+            merged[key] = previous[key]
+    old_run = previous.get("run") if isinstance(previous.get("run"), dict) else {}
+    kept = {k: old_run[k] for k in RUN_TRAINING_KEYS if k in old_run}
+    merged["run"] = {**kept, **(evaluation.get("run") or {})}
+    return merged
+
+
 def train_fit(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> dict[str, Any]:
     """How well the model fits its training set: accuracy in eval mode on the un-augmented
     training images against the labels it was trained on (``accuracy``).

@@ -446,14 +446,20 @@ def epochs_trained(run: Run) -> int | None:
     return epochs if isinstance(epochs, int) and epochs > 0 else None
 
 
+def train_seconds(run: Run) -> float | None:
+    """The run's training time: results.json's record, else its last metrics.jsonl epoch's
+    (a run re-evaluated by an older version lost the former)."""
+    seconds = _number(run.info.get("train_seconds"))
+    if seconds is None and run.epochs:
+        seconds = _number(run.epochs[-1].get("train_seconds"))
+    return seconds
+
+
 def train_seconds_per_epoch(run: Run) -> float | None:
-    seconds = run.info.get("train_seconds")
-    if not isinstance(seconds, (int, float)) and run.epochs:
-        seconds = run.epochs[-1].get("train_seconds")
-    epochs = epochs_trained(run)
-    if not isinstance(seconds, (int, float)) or not epochs:
+    seconds, epochs = train_seconds(run), epochs_trained(run)
+    if seconds is None or not epochs:
         return None
-    return float(seconds) / epochs
+    return seconds / epochs
 
 
 def _topk(entry: dict[str, Any], k: int) -> float | None:

@@ -34,6 +34,7 @@ from .spec import (
     Sweep,
     matching_attacks,
     measure,
+    train_seconds,
 )
 from .stats import MARKERS, MASKED, Stat, compare, format_stat, summarize
 
@@ -921,7 +922,7 @@ def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Ta
     rows += [["machine", text, count(n, "run")] for text, n in machines.most_common()]
     if perf is not None:
         rows.append(["machine (perf.json)", _machine_text(perf.get("machine")), "perf benchmark"])
-    train = sum(float(r.info.get("train_seconds") or 0) for r in runs)
+    train = sum(train_seconds(r) or 0.0 for r in runs)
     evaluate = sum(float(r.info.get("eval_seconds") or 0) for r in runs)
     rows.append(
         [
