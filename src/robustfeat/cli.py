@@ -224,10 +224,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ channels
 def run_test_split(cfg: Any, spec: str) -> Any:
     """The test split of ``spec`` (a run's data, or another dataset given with --data)."""
-    from .data import load_dataset
+    from .data import evaluation_split, load_dataset
 
-    # the run's dataset options belong to its dataset, not to one given with --data
-    return load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+    if spec != cfg.data:  # the run's dataset options belong to its dataset only
+        return load_dataset(spec, "test")
+    # a run's own data: a folder without train/ and test/ gives the part training held out
+    return evaluation_split(
+        spec, test_fraction=cfg.test_fraction, seed=cfg.data_seed, **cfg.data_args
+    )
 
 
 def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:

@@ -48,6 +48,8 @@ class TrainConfig:
     label_noise: float = 0.0
     label_noise_type: str = "symmetric"
     val_fraction: float = 0.0
+    # a folder without train/ and test/: the stratified share of it held out as the test split
+    test_fraction: float = 0.2
     crop_padding: int = 4
     padding_mode: str = "reflect"
     flip: bool = True
@@ -112,6 +114,7 @@ class TrainConfig:
         _range("warmup", self.warmup, 0.0, 1.0)
         _range("label_noise", self.label_noise, 0.0, 1.0)
         _range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _range("test_fraction", self.test_fraction, 0.0, 0.9, strict=True)
         if self.steps is not None:
             _range("steps", self.steps, 1)
         if self.samples_per_class is not None:

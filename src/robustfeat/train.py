@@ -550,6 +550,7 @@ class Trainer:
                 label_noise=cfg.label_noise,
                 label_noise_type=cfg.label_noise_type,
                 val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction,
                 seed=cfg.data_seed,
                 **cfg.data_args,
             )
