@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -106,7 +107,9 @@ class TrainConfig:
         _range("epochs", self.epochs, 1)
         _range("batch_size", self.batch_size, 1)
         _range("lr", self.lr, 0.0, strict=True)
+        _range("momentum", self.momentum, 0.0, 1.0)
         _range("weight_decay", self.weight_decay, 0.0)
+        _range("gamma", self.gamma, 0.0, strict=True)
         _range("crop_padding", self.crop_padding, 0)
         _range("log_every", self.log_every, 1)
         _range("warmup", self.warmup, 0.0, 1.0)
@@ -118,6 +121,11 @@ class TrainConfig:
             _range("samples_per_class", self.samples_per_class, 1)
         if self.checkpoint_every is not None:
             _range("checkpoint_every", self.checkpoint_every, 1)
+        # the evaluation after training, checked before it (eval_n_aa 0: no AutoAttack)
+        if self.eval_n is not None:
+            _range("eval_n", self.eval_n, 1)
+        if self.eval_n_aa is not None:
+            _range("eval_n_aa", self.eval_n_aa, 0)
         if sorted(self.milestones) != self.milestones or not all(
             0 < m < 1 for m in self.milestones
         ):
@@ -314,7 +322,7 @@ def _range(
     name: str, value: float, low: float, high: float | None = None, strict: bool = False
 ) -> None:
     bad = value <= low if strict else value < low
-    if bad or (high is not None and value > high):
+    if bad or (high is not None and value > high) or not math.isfinite(value):
         bound = f"> {low}" if strict else f">= {low}"
         bound += f" and <= {high}" if high is not None else ""
         raise ConfigError(f"config {name!r} must be {bound}, got {value}")
