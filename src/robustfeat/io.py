@@ -104,11 +104,29 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
 
 
+def nonfinite_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _some(keys: list[str]) -> str:
+    return f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
+
+
 def save_tensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    check_finite: bool = True,
 ) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    """Atomically write tensors as safetensors (contiguous CPU copies). NaN/inf values are
+    refused unwritten (a CheckpointError): weights that are wrong are never written as if right.
+    """
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    bad = nonfinite_keys(plain) if check_finite else []
+    if bad:
+        raise CheckpointError(
+            f"not writing {path}: NaN/inf values in {_some(bad)} (the training diverged)"
+        )
     atomic_write_bytes(path, st_save(plain, metadata=metadata))
 
 
@@ -133,14 +151,9 @@ def load_tensors(path: Path, check_finite: bool = True) -> dict[str, torch.Tenso
         raise CheckpointError(
             f"{path} is not a valid safetensors file (truncated or corrupt?): {err}"
         ) from err
-    if check_finite:
-        bad = [
-            k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()
-        ]
-        if bad:
-            raise CheckpointError(
-                f"{path} holds NaN/inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}"
-            )
+    bad = nonfinite_keys(tensors) if check_finite else []
+    if bad:
+        raise CheckpointError(f"{path} holds NaN/inf values in {_some(bad)}")
     return tensors
 
 
@@ -152,13 +165,21 @@ def load_state_into(
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
-    if missing or unexpected or wrong:
+    # load_state_dict would cast silently: int or bool "weights" are not the model's
+    dtypes = [k for k in own if k in tensors and own[k].dtype != tensors[k].dtype]
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if wrong:
             k = wrong[0]
             parts.append(
                 f"{len(wrong)} shape mismatch(es), e.g. {k}: "
                 f"file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+            )
+        if dtypes:
+            k = dtypes[0]
+            parts.append(
+                f"{len(dtypes)} dtype mismatch(es), e.g. {k}: "
+                f"file {tensors[k].dtype} vs model {own[k].dtype}"
             )
         if missing:
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")

@@ -79,9 +79,15 @@ def load_run(
     tensors = io.load_tensors(path)
     if num_classes is None:
         meta = _metadata(path)
-        num_classes = (
-            int(meta["num_classes"]) if "num_classes" in meta else infer_num_classes(cfg, tensors)
-        )
+        if "num_classes" not in meta:
+            num_classes = infer_num_classes(cfg, tensors)
+        elif meta["num_classes"].isdigit() and int(meta["num_classes"]) >= 1:
+            num_classes = int(meta["num_classes"])
+        else:
+            raise CheckpointError(
+                f"{path}: metadata num_classes must be a positive integer, got "
+                f"{meta['num_classes'][:40]!r}"
+            )
     try:
         method = _build(cfg, num_classes)
     except TypeError as err:
