@@ -126,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out(cfg)
+    if args.resume and not out.is_dir():
+        raise RobustfeatError(f"--resume: {out} does not exist; drop --resume to start a new run")
     results = train(cfg, out, resume=args.resume)
     if results:
         print(f"clean accuracy {results['clean']['accuracy']:.4f}  run: {out}")
