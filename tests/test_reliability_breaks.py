@@ -22,15 +22,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load as st_load
 from safetensors.torch import save_file
+from torch import nn
 
 import robustfeat.data.folder as folder_module
+from robustfeat.attacks.base import ATTACKS, Attack, AttackOutput
+from robustfeat.attacks.suites import AttackSpec, Suite
 from robustfeat.cli import main
-from robustfeat.data import load_dataset, prepare_data
-from robustfeat.errors import CheckpointError, DataError
+from robustfeat.data import ImageDataset, load_dataset, prepare_data
+from robustfeat.errors import CheckpointError, ConfigError, DataError
+from robustfeat.evaluate import evaluate
 from robustfeat.io import load_tensors, save_tensors
 from robustfeat.methods import METHODS
-from robustfeat.runs import load_run
+from robustfeat.runs import check_data_fits, load_run
 from robustfeat.train import RunDir
 from test_data_folder import make_tree, write_image, zip_tree
 from test_reliability_faults import TRAIN, InjectNonFinite, epoch_records, error_line
@@ -104,7 +109,10 @@ def test_3_a_finished_run_is_not_started_over_without_resume(tmp_path, capsys):
     assert tree(run) == before
     # --resume continues it (finished: evaluated again, the weights unchanged)
     assert main([*ONE_EPOCH, "-o", str(run), "--resume"]) == 0
-    assert (run / "weights.safetensors").read_bytes() == before["weights.safetensors"]
+    weights = load_tensors(run / "weights.safetensors")
+    assert all(
+        torch.equal(v, st_load(before["weights.safetensors"])[k]) for k, v in weights.items()
+    )
 
 
 def test_4_a_run_directory_is_locked_while_a_process_writes_it(tmp_path, capsys):
@@ -241,6 +249,44 @@ def test_18_resume_of_a_directory_that_does_not_exist_is_refused(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+class Brighten(Attack):
+    """Test-only "attack" that adds eps to every pixel: it makes dark images of class 1 right."""
+
+    name = "test_brighten"
+
+    def perturb(self, model, x, y):
+        return AttackOutput(x + self.eps)
+
+
+class MeanBrightness(nn.Module):
+    """Class 1 when the mean pixel is above 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(100.0))
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3)) - 0.5
+        return torch.stack([-m, m], 1) * self.scale
+
+
+def test_10_worst_case_never_exceeds_clean_on_the_same_images(monkeypatch):
+    monkeypatch.setitem(ATTACKS._entries, Brighten.name, Brighten)
+    levels = torch.tensor([0.49, 0.51] * 20)  # all class 1: half dark (wrong), half light
+    images = (levels[:, None, None, None] * 255).round().to(torch.uint8).expand(-1, 3, 4, 4)
+    test = ImageDataset(images.contiguous(), torch.ones(40, dtype=torch.long), 2, ["a", "b"])
+    suite = Suite("t", "test", attacks=(AttackSpec("bright", Brighten.name, {"eps": 8 / 255}),))
+    results = evaluate(MeanBrightness(), test, suite, n=10, progress=False)
+    assert results["clean"]["accuracy"] == 0.5 and results["attacks"][0]["accuracy"] == 1.0
+    worst = results["worst_case"]  # on the 10 attacked images, whose clean accuracy is:
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:10]
+    clean_here = int((levels[perm] > 0.5).sum()) / 10
+    assert worst["n"] == 10 and worst["accuracy"] == worst["clean_accuracy"] == clean_here
+    # no attack at all is no robust accuracy (it printed the clean one as the worst case)
+    with pytest.raises(ConfigError, match="n=0 attacks no image"):
+        evaluate(MeanBrightness(), test, suite, n=0, progress=False)
+
+
 # ------------------------------------------------------------------ 6-7: data read wrongly
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
@@ -320,3 +366,30 @@ def test_17_an_unwritable_dataset_cache_is_one_clear_error(tmp_path, monkeypatch
     monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path / "a-file"))
     with pytest.raises(DataError, match=r"cannot write the dataset cache .*ROBUSTFEAT_CACHE"):
         load_dataset(f"folder:{make_tree(tmp_path / 'tree')}")
+
+
+def test_18_eval_on_data_with_other_classes_or_image_size_is_refused(
+    tmp_path, capsys, cache, finished
+):
+    for k in range(10):  # as many classes as shapes, 16x16 like the run, other names
+        write_image(tmp_path / "tree" / f"other{k}" / "0.png", (k, k, k), size=(16, 16))
+    run = copy_of(finished, tmp_path)
+    before = tree(run)
+    data = ["--data", f"folder:{tmp_path / 'tree'}", "--device", "cpu"]
+    assert main(["eval", str(run), "--suite", "clean", *data, "--no-progress"]) == 2
+    assert f"does not fit {run}: its class names" in error_line(capsys.readouterr().err)
+    assert main(["cams", str(run), *data, "-o", str(tmp_path / "cams")]) == 2
+    assert "its class names" in error_line(capsys.readouterr().err)
+    assert tree(run) == before and not (tmp_path / "cams").exists()
+    # the same classes at another image size
+    other_size = load_dataset("shapes", "test", n_test=10, image_size=8)
+    with pytest.raises(DataError, match=r"its image shape \[3, 8, 8\] differ"):
+        check_data_fits(run, other_size)
+    check_data_fits(run, load_dataset("shapes", "test", n_test=10, image_size=16))
+
+
+def test_18_cams_checks_n_metric_before_writing(tmp_path, capsys, finished):
+    out = tmp_path / "cams"
+    assert main(["cams", str(finished), "--n-metric", "0", "--device", "cpu", "-o", str(out)]) == 2
+    assert "--n-metric must be >= 1, got 0" in error_line(capsys.readouterr().err)
+    assert not out.exists()

@@ -182,7 +182,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, print_summary
-    from .runs import default_shift_sets, load_run, read_run_config, run_info
+    from .runs import check_data_fits, default_shift_sets, load_run, read_run_config, run_info
     from .train import resolve_device
 
     cfg = read_run_config(args.run_dir)
@@ -196,6 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shift[name] = load_dataset(shift_spec, "test")
     if spec == cfg.data:
         shift.update(default_shift_sets(cfg, len(test)))
+    check_data_fits(args.run_dir, test)
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )
@@ -232,7 +233,7 @@ def run_test_split(cfg: Any, spec: str) -> Any:
 def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
     """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
     output is written."""
-    from .runs import load_run, read_run_config
+    from .runs import check_data_fits, load_run, read_run_config
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -240,6 +241,7 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     for run_dir in args.run_dirs:
         cfg = read_run_config(run_dir)
         test = run_test_split(cfg, args.data or cfg.data)
+        check_data_fits(run_dir, test)
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
         runs.append((run_label(run_dir), method, test))
     labels = [label for label, _, _ in runs]
@@ -319,6 +321,7 @@ def cmd_cams(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check(args.n >= 1, f"--n must be >= 1, got {args.n}")
+    check(args.n_metric >= 1, f"--n-metric must be >= 1, got {args.n_metric}")
     runs = load_runs_for_figures(args)
     for label, _, test in runs:
         check(

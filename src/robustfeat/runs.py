@@ -8,6 +8,7 @@ the file gives the class count).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import yaml
 
 from . import io
 from .config import TrainConfig, make_config
-from .errors import CheckpointError, ConfigError
+from .data import DataSplits, ImageDataset
+from .errors import CheckpointError, ConfigError, DataError
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
@@ -94,6 +96,42 @@ def load_run(
         raise ConfigError(f"cannot rebuild the method of {run_dir}: {err}") from err
     io.load_state_into(method, tensors, path)
     return method.to(device).eval()
+
+
+def data_metadata(data: DataSplits) -> dict[str, str]:
+    """The final weights' metadata: what data they fit (checked by ``check_data_fits``)."""
+    return {
+        "format": "robustfeat.method/1",
+        "num_classes": str(data.num_classes),
+        "class_names": json.dumps(list(data.test.class_names)),
+        "image_shape": json.dumps(list(data.test.image_shape)),
+    }
+
+
+def check_data_fits(run_dir: str | Path, test: ImageDataset) -> None:
+    """Refuse test data whose classes (by name, in label order) or image shape differ from
+    what the run was trained on: its accuracy would be a number about nothing. Runs saved
+    before this metadata existed are not checked."""
+    path = weights_path(run_dir)
+    meta = _metadata(path)
+    for key, theirs in (
+        ("class_names", list(test.class_names)),
+        ("image_shape", list(test.image_shape)),
+    ):
+        try:
+            ours = json.loads(meta[key]) if key in meta else theirs
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: metadata {key} is not valid JSON") from err
+        if ours != theirs:
+            raise DataError(
+                f"{test.name} does not fit {run_dir}: its {key.replace('_', ' ')} "
+                f"{shorten(theirs)} differ from the run's {shorten(ours)}"
+            )
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -76,7 +76,7 @@ from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
 from .provenance import provenance
-from .runs import default_shift_sets, run_info
+from .runs import data_metadata, default_shift_sets, run_info
 
 CHECKPOINTS = "checkpoints"
 RUN_MARKER = ".robustfeat-run"  # marks a run directory as ours; its flock is the run's lock
@@ -951,9 +951,7 @@ class Trainer:
         run, cfg = self.run, self.cfg
         if not self.dist.main:
             return {}
-        io.save_tensors(
-            run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
-        )
+        io.save_tensors(run.weights, self.method.state_dict(), metadata=data_metadata(self.data))
         fault_point("final_weights")
         start = time.perf_counter()
         results = self.evaluate_test(shift=True)
