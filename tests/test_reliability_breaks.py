@@ -9,6 +9,7 @@ Numbered as in the issue: 1-4 data loss, 5-11 wrong results, 12-13 reading what 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import struct
 import zipfile
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file
@@ -35,10 +37,12 @@ from robustfeat.errors import CheckpointError, ConfigError, DataError
 from robustfeat.evaluate import evaluate
 from robustfeat.io import load_tensors, save_tensors
 from robustfeat.methods import METHODS
+from robustfeat.report.build import EXTERNAL_SECTION, load_external_figures
 from robustfeat.runs import check_data_fits, load_run
 from robustfeat.train import RunDir
 from test_data_folder import make_tree, write_image, zip_tree
 from test_reliability_faults import TRAIN, InjectNonFinite, epoch_records, error_line
+from test_security import Payload
 
 ONE_EPOCH = [*TRAIN, "--epochs", "1"]
 RUN_MARKER = ".robustfeat-run"
@@ -312,6 +316,36 @@ def test_7_train_and_test_classes_must_match_by_name(tmp_path, cache):
             write_image(tmp_path / "tree" / split / name / "0.png", (9, 9, 9))
     with pytest.raises(DataError, match="train 'dog' vs test 'frog'"):
         prepare_data(f"folder:{tmp_path / 'tree'}")
+
+
+# ------------------------------------------------------------------ 12-13: reading outside
+@pytest.mark.parametrize("option", ["checkpoint_path", "pretrained_cfg"])
+def test_12_timm_options_that_torch_load_a_file_are_refused_unread(tmp_path, capsys, option):
+    pytest.importorskip("timm")
+    marker, evil = tmp_path / "PWNED", tmp_path / "x.pth"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    value = evil if option == "checkpoint_path" else f"{{file: {evil}}}"
+    argv = [*ONE_EPOCH, "--model", "timm/resnet18", "--model-arg", f"{option}={value}"]
+    assert main([*argv, "-o", str(tmp_path / "o")]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert f"timm option {option} is refused" in err and "pretrained_file" in err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_13_report_figures_embed_only_pngs_of_the_figures_directory(tmp_path, where):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (2, 2)).save(secret)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    name = {"parent": "../secret.png", "absolute": str(secret), "symlink": "link.png"}[where]
+    (figures / "link.png").symlink_to(secret)
+    (figures / "index.yaml").write_text(yaml.safe_dump({"figures": [{"file": name}]}))
+    with pytest.raises(ConfigError, match=r"must be a plain name|is a symlink"):
+        load_external_figures(figures)
+    Image.new("RGB", (2, 2)).save(figures / "own.png")  # a file of its own is embedded
+    (figures / "index.yaml").write_text(yaml.safe_dump({"figures": [{"file": "own.png"}]}))
+    assert [p.id for p in load_external_figures(figures)[EXTERNAL_SECTION]] == ["ext-own"]
 
 
 # ------------------------------------------------------------------ 15-17: bounded input

@@ -79,6 +79,10 @@ class TimmStagedModel(StagedModel):
         return self._num_classes
 
 
+# timm.create_model options that name a weights file timm would read itself, pickle included
+TIMM_FILE_OPTIONS = frozenset({"checkpoint_path", "pretrained_cfg"})
+
+
 def create_timm_model(
     name: str,
     num_classes: int,
@@ -109,6 +113,12 @@ def create_timm_model(
     ):
         raise ConfigError(f"default_input_size must be an int >= 8, got {default_input_size!r}")
     arch = _check_name(name.removeprefix("timm/"))
+    loaders = sorted(set(timm_kwargs) & TIMM_FILE_OPTIONS)
+    if loaders:  # timm reads these with torch.load, i.e. unpickles them
+        raise ConfigError(
+            f"timm option {loaders[0]} is refused: timm would load its file with torch.load "
+            "(a pickle can run code); give weights as pretrained_file=<path.safetensors>"
+        )
     overlay = _weights_overlay(arch, pretrained, pretrained_file)
     try:
         model = timm.create_model(
