@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import struct
+import tracemalloc
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -359,6 +360,26 @@ def test_15_a_zip_member_too_large_by_its_header_is_refused_unread(tmp_path, cac
     monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a: pytest.fail("a member was read"))
     with pytest.raises(DataError, match=f"cat/0.png is {size} bytes uncompressed, over the"):
         load_dataset(f"zip:{archive}")
+
+
+@pytest.mark.parametrize("damage", ["sparse_tail", "header_too_big"])
+def test_15_safetensors_sizes_are_checked_against_the_file_before_reading(tmp_path, damage):
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, {"a": torch.ones(4)})
+    if damage == "sparse_tail":  # 256 MiB on paper, no disk used: a sparse file
+        with path.open("r+b") as f:
+            f.truncate(256 * 2**20)
+        needle = "declares 16 bytes of tensors, the file holds"
+    else:
+        data = path.read_bytes()
+        path.write_bytes((2**40).to_bytes(8, "little") + data[8:])
+        needle = f"header size {2**40} does not fit"
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match=needle):
+        load_tensors(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20  # the file was not read
 
 
 def huge_png(path: Path, width: int, height: int) -> None:

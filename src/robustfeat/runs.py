@@ -135,10 +135,8 @@ def shorten(value: Any, limit: int = 80) -> str:
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    meta = io.read_safetensors_header(path).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def run_info(cfg: TrainConfig, run_dir: str | Path | None = None) -> dict[str, Any]:

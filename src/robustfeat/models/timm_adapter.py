@@ -41,11 +41,11 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UnknownNameError
+from ..io import read_safetensors_header
 from .base import StagedModel
 
 AVG_POOL_TYPES = ("avg", "fast", "fastavg")
@@ -183,16 +183,14 @@ def _file_overlay(arch: str, path: str) -> dict[str, Any]:
     """Overlay for a local file; ``num_classes`` is the file's own, so that timm keeps a classifier
     that fits (it drops the classifier only when the file's class count differs)."""
     overlay: dict[str, Any] = {"file": path, "source": ""}
-    cfg = timm.models.get_pretrained_cfg(arch)
-    classifier = getattr(cfg, "classifier", None)
-    if isinstance(classifier, str):
-        try:
-            with safe_open(path, framework="pt") as f:
-                key = f"{classifier}.weight"
-                if key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    overlay["num_classes"] = f.get_slice(key).get_shape()[0]
-        except Exception as err:  # safetensors raises its own error type for corrupt files
-            raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+    try:  # checked (pickle, sizes) before timm reads it
+        header = read_safetensors_header(Path(path))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot read pretrained_file: {err}") from err
+    classifier = getattr(timm.models.get_pretrained_cfg(arch), "classifier", None)
+    entry = header.get(f"{classifier}.weight") if isinstance(classifier, str) else None
+    if isinstance(entry, dict) and entry.get("shape"):
+        overlay["num_classes"] = entry["shape"][0]
     return overlay
 
 
