@@ -362,6 +362,35 @@ def test_15_a_zip_member_too_large_by_its_header_is_refused_unread(tmp_path, cac
         load_dataset(f"zip:{archive}")
 
 
+def billion_laughs(depth: int) -> str:
+    """YAML whose last alias expands to 10**depth strings (a few hundred bytes as text)."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 10)}]" for k in range(1, depth + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_14_yaml_alias_bombs_are_refused_unexpanded(tmp_path, capsys):
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(billion_laughs(9))
+    assert len(recipe.read_bytes()) < 1000
+    assert main([*ONE_EPOCH, "-c", str(recipe), "-o", str(tmp_path / "o")]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert f"{recipe} is not valid YAML: its aliases expand to more than 100000" in err
+    assert not (tmp_path / "o").exists()
+    assert main([*ONE_EPOCH, "--set", "model_args=" + billion_laughs(9).replace("\n", " ")]) == 2
+    # in a run's config.yaml, one within the bound (10**3 strings) as a value quoted in the
+    # error: the line is cut to a bounded length
+    anchors = billion_laughs(3).replace("\n", ", ").replace(": &", ": !!seq &")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: {" + anchors.rstrip(", ") + "}\n")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--suite", "clean", "--device", "cpu"]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert err.startswith("robustfeat: error: config 'lr' must be float, got {'a0': ['lol'")
+    assert len(err) == len("robustfeat: error: ") + 2000 and err.endswith("...")
+
+
 @pytest.mark.parametrize("damage", ["sparse_tail", "header_too_big"])
 def test_15_safetensors_sizes_are_checked_against_the_file_before_reading(tmp_path, damage):
     path = tmp_path / "w.safetensors"

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import RobustfeatError
 
 EXIT_USAGE = 2
+MAX_ERROR_CHARS = 2000
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -600,7 +601,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except RobustfeatError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"robustfeat: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
+        message = "; ".join(lines)  # always one line, of bounded length (values quoted in it
+        if len(message) > MAX_ERROR_CHARS:  # can be any size)
+            message = message[: MAX_ERROR_CHARS - 3] + "..."
+        print(f"robustfeat: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from . import io
-from .config import TrainConfig, make_config
+from .config import TrainConfig, make_config, read_yaml_document
 from .data import DataSplits, ImageDataset
 from .errors import CheckpointError, ConfigError, DataError
 from .methods import Method, create_method
@@ -30,10 +29,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: {run_dir} is not a robustfeat run directory")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CheckpointError(f"{path} is not valid YAML: {err}") from err
+    data = read_yaml_document(path) or {}
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a mapping of config keys")
     return make_config(data)
