@@ -871,8 +871,8 @@ class Trainer:
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Skipping a batch also undoes what its forward did to buffers (BN running statistics).
-        buffers_kept = self.cfg.nan_policy == "skip"
-        buffers = list(self.method.buffers()) if buffers_kept else []
+        skipping = self.cfg.nan_policy == "skip"
+        buffers = list(self.method.buffers()) if skipping else []
         good = [b.detach().clone() for b in buffers]
         with autocast_context(self.cfg.precision, self.device):
             for out in self.scheme.steps(self.method, x, y, forward=forward):
@@ -886,7 +886,7 @@ class Trainer:
                         scaler.update()
                     else:
                         out["loss"].backward()
-                        skip = buffers_kept and not self._finite_gradients(step)
+                        skip = skipping and not self._finite_gradients(step)
                         if not skip:
                             optimizer.step()
                 if skip:
