@@ -140,8 +140,9 @@ def test_kill9_and_resume_gives_bit_identical_weights(tmp_path):
     reference = load_tensors(tmp_path / "ref" / "weights.safetensors")
     run = tmp_path / "killed"
     for kill_after_step in (2, 20):  # first checkpoint; then mid-way through the second epoch
+        resume = ["--resume"] if run.exists() else []  # --resume needs a run to continue
         proc = _cli(
-            [*TRAIN_ARGS, "-o", str(run), "--resume"],
+            [*TRAIN_ARGS, "-o", str(run), *resume],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

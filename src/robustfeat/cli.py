@@ -15,6 +15,7 @@ from typing import Any
 from .errors import RobustfeatError
 
 EXIT_USAGE = 2
+MAX_ERROR_CHARS = 2000
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -126,6 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out(cfg)
+    if args.resume and not out.is_dir():
+        raise RobustfeatError(f"--resume: {out} does not exist; drop --resume to start a new run")
     results = train(cfg, out, resume=args.resume)
     if results:
         print(f"clean accuracy {results['clean']['accuracy']:.4f}  run: {out}")
@@ -181,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import io
     from .data import load_dataset
     from .evaluate import evaluate, keep_training_record, print_summary
-    from .runs import default_shift_sets, load_run, read_run_config, run_info
+    from .runs import check_data_fits, default_shift_sets, load_run, read_run_config, run_info
     from .train import resolve_device
 
     cfg = read_run_config(args.run_dir)
@@ -195,6 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shift[name] = load_dataset(shift_spec, "test")
     if spec == cfg.data:
         shift.update(default_shift_sets(cfg, len(test)))
+    check_data_fits(args.run_dir, test)
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )
@@ -237,7 +241,7 @@ def run_test_split(cfg: Any, spec: str) -> Any:
 def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
     """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
     output is written."""
-    from .runs import load_run, read_run_config
+    from .runs import check_data_fits, load_run, read_run_config
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -245,6 +249,7 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     for run_dir in args.run_dirs:
         cfg = read_run_config(run_dir)
         test = run_test_split(cfg, args.data or cfg.data)
+        check_data_fits(run_dir, test)
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
         runs.append((run_label(run_dir), method, test))
     labels = [label for label, _, _ in runs]
@@ -325,6 +330,7 @@ def cmd_cams(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check(args.n >= 1, f"--n must be >= 1, got {args.n}")
+    check(args.n_metric >= 1, f"--n-metric must be >= 1, got {args.n_metric}")
     runs = load_runs_for_figures(args)
     for label, _, test in runs:
         check(
@@ -605,7 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except RobustfeatError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"robustfeat: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
+        message = "; ".join(lines)  # always one line, of bounded length (values quoted in it
+        if len(message) > MAX_ERROR_CHARS:  # can be any size)
+            message = message[: MAX_ERROR_CHARS - 3] + "..."
+        print(f"robustfeat: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)

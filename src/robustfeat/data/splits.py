@@ -158,6 +158,14 @@ def prepare_data(
             f"{spec}: train and test disagree ({train.num_classes} vs {test.num_classes} classes, "
             f"images {train.image_shape} vs {test.image_shape})"
         )
+    if list(train.class_names) != list(test.class_names):  # labels are indices into these
+        differ = next(
+            (a, b) for a, b in zip(train.class_names, test.class_names, strict=True) if a != b
+        )
+        raise DataError(
+            f"{spec}: train and test classes differ by name (train {differ[0]!r} vs test "
+            f"{differ[1]!r} at the same label); class folders must have the same names"
+        )
     check(
         not train.multilabel
         or (val_fraction == 0 and samples_per_class is None and not label_noise),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import safe_name
 from .claims import DEFAULT_CLAIMS, claims_table, load_claims
 from .collect import CellGroup, Collection, collect, group, read_json
 from .plots import Plot, make_plots, sweep_plot
@@ -31,6 +32,7 @@ from .tables import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_FIGURE_BYTES = 64 * 2**20
 FIGURE_INDEX = ("index.yaml", "index.yml", "index.json")
 EXTERNAL_SECTION = "Figures from trained models"
 
@@ -65,9 +67,15 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise ConfigError(f"{index}: figure {i} needs a `file`")
-        path = directory / entry["file"]
+        # a file of this directory only: no path, no link out (nothing else on disk embedded)
+        path = directory / safe_name(entry["file"], f"{index}: figure {i} file")
         if not path.is_file():
             raise ConfigError(f"{index}: figure file {path} does not exist")
+        if path.is_symlink() or path.stat().st_size > MAX_FIGURE_BYTES:
+            raise ConfigError(
+                f"{path} is a symlink or over {MAX_FIGURE_BYTES} bytes; figures are plain PNG "
+                "files inside the --figures directory"
+            )
         png = path.read_bytes()
         if not png.startswith(PNG_SIGNATURE):
             raise ConfigError(f"{path} is not a PNG file")

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import read_yaml_document
 from ..errors import ConfigError
 from .collect import CellGroup, Run
 from .stats import parse_eps
@@ -382,13 +381,7 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
 
 def read_yaml(path: str | Path) -> Any:
     """Any YAML document (safe loader); unreadable or invalid files are a ConfigError."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    return read_yaml_document(Path(path))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
