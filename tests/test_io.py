@@ -1,4 +1,6 @@
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -70,3 +72,15 @@ def test_optimizer_state_roundtrip():
     io.optimizer_from_tensors(opt2, tensors, rest)
     assert torch.equal(opt2.state[q]["momentum_buffer"], opt.state[p]["momentum_buffer"])
     assert opt2.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        io.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        io.save_tensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == mode

@@ -27,6 +27,13 @@ from .errors import CheckpointError, ConfigError, OutputError
 TMP_SUFFIX = ".tmp"  # temp files of atomic writes are ".<name>.<random>.tmp" next to the target
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -35,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open honours umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
