@@ -72,10 +72,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """The config of the command line; ``saved``: a resumed run's config, under the flags."""
     from .config import load_recipe, make_config, parse_assignments
 
-    layers: list[dict[str, Any]] = []
+    layers: list[dict[str, Any]] = [saved] if saved else []
     if args.config:
         layers.append(load_recipe(args.config))
     flags = {
@@ -125,7 +126,13 @@ def default_out(cfg: Any) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = config_from_args(args)
+    saved = None
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        from .runs import read_run_config
+
+        # --resume RUN takes the run's settings; flags given again must repeat them
+        saved = read_run_config(args.out).to_dict()
+    cfg = config_from_args(args, saved)
     out = Path(args.out) if args.out else default_out(cfg)
     if args.resume and not out.is_dir():
         raise RobustfeatError(f"--resume: {out} does not exist; drop --resume to start a new run")
