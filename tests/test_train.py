@@ -311,3 +311,19 @@ def test_resume_takes_the_runs_settings_and_flags_may_only_repeat_them(tmp_path,
     results = json.loads((run / "results.json").read_text())
     assert results["run"]["config"]["model_args"] == {"width": 4}
     assert results["clean"]["n"] == 64
+
+
+def test_keep_checkpoint_false_leaves_one_copy_of_the_final_weights(tmp_path, tiny_data):
+    sizes = {}
+    for keep in (True, False):
+        run = tmp_path / f"keep{keep}"
+        train(make_config(TINY, {"keep_checkpoint": keep}), run, data=tiny_data)
+        assert (run / "checkpoints").is_dir() == keep
+        assert (run / "weights.safetensors").is_file() and (run / "results.json").is_file()
+        sizes[keep] = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+    weights = (tmp_path / "keepFalse" / "weights.safetensors").stat().st_size
+    # the checkpoint held the weights again plus SGD's momentum buffers (as large again)
+    assert sizes[True] - sizes[False] >= 1.9 * weights
+    a = load_tensors(tmp_path / "keepTrue" / "weights.safetensors")
+    b = load_tensors(tmp_path / "keepFalse" / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -79,6 +79,8 @@ class TrainConfig:
     deterministic: bool = False
     # bookkeeping
     checkpoint_every: int | None = None  # also checkpoint every N steps (always each epoch)
+    # false: a finished run keeps only its final weights (no checkpoint, no optimizer state)
+    keep_checkpoint: bool = True
     log_every: int = 50
     nan_policy: str = "stop"
     eval_suite: str | None = "clean"

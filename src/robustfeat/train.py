@@ -403,6 +403,11 @@ class RunDir:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def drop_checkpoints(self) -> None:
+        """Delete this run's checkpoints (weights + optimizer state) once it is finished and
+        evaluated; the final (and best-epoch) weights stay."""
+        shutil.rmtree(self.root / CHECKPOINTS, ignore_errors=True)
+
     def reset(self) -> None:
         """A fresh run into this directory: forget a previous run's state, so that a later
         ``--resume`` can never continue a different run's checkpoint."""
@@ -973,6 +978,8 @@ class Trainer:
         results["run"]["eval_seconds"] = time.perf_counter() - start
         fault_point("eval")
         io.write_json(run.results, results)
+        if not cfg.keep_checkpoint:  # a lean run directory: the final weights only
+            run.drop_checkpoints()
         self.console_log(f"clean test accuracy {results['clean']['accuracy']:.4f} -> {run.results}")
         return results
 
