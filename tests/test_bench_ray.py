@@ -26,7 +26,7 @@ from robustfeat import bench
 from robustfeat.train import FAULT_ENV
 
 ray = pytest.importorskip("ray")
-from robustfeat.bench_ray import INSTALL_HINT, run_bench_ray  # noqa: E402
+from robustfeat.bench_ray import INSTALL_HINT, concurrent_runs, run_bench_ray  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # 64 images / batch 16 = 4 steps per epoch; checkpoints at steps 3 and 4 (epoch end), 6, 8.
@@ -126,6 +126,15 @@ def test_bad_executor_options_fail_before_anything_runs(tmp_path, capsys, extra,
     assert main(["bench", "--recipe", recipe, *dirs, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_a_cluster_the_driver_started_gets_only_the_runs_that_fit():
+    cluster = {"CPU": 16.0, "GPU": 3.0, "memory": 1e9}
+    assert concurrent_runs(cluster, {"num_cpus": 1, "num_gpus": 0}) == 16
+    assert concurrent_runs(cluster, {"num_cpus": 3, "num_gpus": 0}) == 5  # 16 // 3
+    assert concurrent_runs(cluster, {"num_cpus": 2, "num_gpus": 1}) == 3  # GPUs bound it
+    assert concurrent_runs(cluster, {"num_cpus": 2, "num_gpus": 0.5}) == 6
+    assert concurrent_runs({"CPU": 2.0}, {"num_cpus": 1, "num_gpus": 1}) == 1  # waits, as Ray says
 
 
 def test_killed_workers_retry_and_resume_bad_cells_fail_alone(tmp_path, monkeypatch, capsys):

@@ -27,7 +27,9 @@ node mounts at the same path; relative paths in the recipe resolve against the d
 directory, which the tasks enter when it exists on their node.
 
 Without ``--address`` Ray starts a local cluster on this machine (no dashboard, a small object
-store: the tasks exchange only small records); with one, the driver joins a running cluster.
+store: the tasks exchange only small records) and the driver submits only the runs that fit at
+once, so that each worker, torch imported, takes the next run; with an address the driver joins
+a running cluster and submits every run at once (an autoscaler sizes the cluster to that queue).
 """
 
 from __future__ import annotations
@@ -133,22 +135,30 @@ def run_bench_ray(
     rows = plan(recipe, only, seeds, results_dir)
     label, base = recipe_label(recipe), load_recipe(recipe)
     summary: list[dict[str, Any]] = []
-    todo = []
+    jobs = []  # (name, summary row, arguments of run_attempt but the events queue)
     for cell, seed, done in rows:
+        key = run_key(label, cell, seed)
         if done or dry_run:
-            status = done or "would run"
-            console.print(f"[bold]{run_key(label, cell, seed)}[/]: {status}")
-            summary.append({"cell": cell.name, "seed": seed, "status": status})
-        else:
-            todo.append((cell, seed))
-    if not todo:
+            console.print(f"[bold]{key}[/]: {done or 'would run'}")
+            summary.append({"cell": cell.name, "seed": seed, "status": done or "would run"})
+            continue
+        cfg = make_config(base, cell.config_layer(seed), {"progress": False})
+        run = (runs_dir / label / cell.name / f"seed{seed}").resolve()
+        target = (results_dir / label / cell.name / f"seed{seed}").resolve()
+        args = (cfg, str(run), str(target), key, cpus_per_run, os.getcwd())
+        jobs.append((key, {"cell": cell.name, "seed": seed}, args))
+    if not jobs:
         return summary
     started = time.perf_counter()
     owned = connect(ray, address, num_cpus)
+    per_run = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run}
     try:
-        summary += _run_tasks(
-            ray, console, base, label, todo, runs_dir, results_dir, cpus_per_run, gpus_per_run
-        )
+        # Ray starts a fresh worker for every queued task, and a queued run then lands on one
+        # that imports torch anew (5 s of CPU here) while the warm worker idles out. A cluster
+        # the driver started cannot grow, so it gets only the runs that fit; a joined cluster
+        # gets them all at once, so that an autoscaler sees the demand.
+        window = concurrent_runs(ray.cluster_resources(), per_run) if owned else len(jobs)
+        summary += _run_tasks(ray, console, jobs, per_run, window)
     finally:
         if owned:
             ray.shutdown()
@@ -156,39 +166,40 @@ def run_bench_ray(
     return summary
 
 
+def concurrent_runs(resources: dict[str, float], per_run: dict[str, float]) -> int:
+    """How many runs needing ``per_run`` (num_cpus, num_gpus) fit in ``resources`` at once (at
+    least one: a run that fits nowhere waits, as Ray reports)."""
+    needs = (("CPU", per_run["num_cpus"]), ("GPU", per_run["num_gpus"]))
+    fits = [resources.get(name, 0.0) // need for name, need in needs if need > 0]
+    return max(1, int(min(fits)))
+
+
 def _run_tasks(
     ray: ModuleType,
     console: Console,
-    base: TrainConfig,
-    label: str,
-    todo: list[tuple[Any, int]],
-    runs_dir: Path,
-    results_dir: Path,
-    cpus_per_run: int,
-    gpus_per_run: float,
+    jobs: list[tuple[str, dict[str, Any], tuple[Any, ...]]],
+    per_run: dict[str, float],
+    window: int,
 ) -> list[dict[str, Any]]:
+    """Run ``jobs`` as tasks, at most ``window`` submitted at a time; the finished rows."""
     from ray.util.queue import Queue
 
     events = Queue(actor_options={"num_cpus": 0})
-    task = ray.remote(run_attempt).options(
-        num_cpus=cpus_per_run,
-        num_gpus=gpus_per_run,
-        max_retries=MAX_RETRIES,
-        retry_exceptions=False,
-    )
-    cwd = os.getcwd()
-    pending: dict[Any, tuple[str, dict[str, Any]]] = {}
-    for cell, seed in todo:
-        key = run_key(label, cell, seed)
-        cfg = make_config(base, cell.config_layer(seed), {"progress": False})
-        run = (runs_dir / label / cell.name / f"seed{seed}").resolve()
-        target = (results_dir / label / cell.name / f"seed{seed}").resolve()
-        ref = task.remote(cfg, str(run), str(target), key, cpus_per_run, cwd, events)
-        pending[ref] = (key, {"cell": cell.name, "seed": seed})
+    options = {**per_run, "max_retries": MAX_RETRIES, "retry_exceptions": False}
+    task = ray.remote(run_attempt).options(**options)
+    queued, pending = list(jobs), {}
+
+    def submit() -> None:
+        while queued and len(pending) < window:
+            key, row, args = queued.pop(0)
+            pending[task.remote(*args, events)] = (key, row)
+
+    submit()
     resources = ray.cluster_resources()
     console.print(
-        f"{len(pending)} runs submitted to Ray ({resources.get('CPU', 0):g} CPUs, "
-        f"{resources.get('GPU', 0):g} GPUs; {cpus_per_run} CPU, {gpus_per_run:g} GPU per run)"
+        f"{len(jobs)} runs on Ray ({resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs; per run {per_run['num_cpus']} CPU, "
+        f"{per_run['num_gpus']:g} GPU; {min(window, len(jobs))} submitted at a time)"
     )
     attempts: dict[str, int] = {}
     finished: list[dict[str, Any]] = []
@@ -211,12 +222,13 @@ def _run_tasks(
                 row["attempts"] = attempts.get(key, 0)
                 console.print(_finished_line(key, row))
                 finished.append(row)
+            submit()
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
         console.print(
-            f"[red]interrupted[/]: cancelled {len(pending)} runs; each resumes from its last "
-            "checkpoint when the same command runs again"
+            f"[red]interrupted[/]: cancelled {len(pending)} runs, {len(queued)} not started; "
+            "each resumes from its last checkpoint when the same command runs again"
         )
         raise
     return finished
@@ -233,7 +245,7 @@ def _finished_line(key: str, row: dict[str, Any]) -> str:
 def print_summary(console: Console, summary: list[dict[str, Any]], wall: float) -> None:
     """A table of the runs and a line of totals: done, failed, wall time, time per run."""
     table = Table(title="bench on Ray")
-    for column in ("cell", "seed", "status", "attempts", "seconds", "clean"):
+    for column in ("cell", "seed", "status", "attempts", "s (last attempt)", "clean"):
         table.add_column(column)
     for row in summary:
         table.add_row(
@@ -247,7 +259,7 @@ def print_summary(console: Console, summary: list[dict[str, Any]], wall: float) 
     console.print(table)
     timed = [row["seconds"] for row in summary if "seconds" in row]
     counts = {s: sum(row["status"] == s for row in summary) for s in ("ran", "diverged", "failed")}
-    per_run = f"{sum(timed) / len(timed):.1f} s per run" if timed else "no run timed"
+    per_run = f"{sum(timed) / len(timed):.1f} s per run's last attempt" if timed else "none ran"
     console.print(
         f"{counts['ran']} ran, {counts['diverged']} diverged, {counts['failed']} failed, "
         f"{len(summary) - sum(counts.values())} skipped; wall time {wall:.1f} s, {per_run}"
