@@ -73,7 +73,13 @@ def connect(ray: ModuleType, address: str | None, num_cpus: int | None) -> bool:
         return False
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as err:
+            raise ConfigError(
+                f"cannot join the Ray cluster at --address {address!r} ({err}); start one with "
+                "`ray start --head`, or leave --address out to start one here"
+            ) from err
     else:
         ray.init(
             address="local",
