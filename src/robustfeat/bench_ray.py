@@ -149,8 +149,8 @@ def run_bench_ray(
             summary.append({"cell": cell.name, "seed": seed, "status": done or "would run"})
             continue
         cfg = make_config(base, cell.config_layer(seed), {"progress": False})
-        run = (runs_dir / label / cell.name / f"seed{seed}").resolve()
-        target = (results_dir / label / cell.name / f"seed{seed}").resolve()
+        run = (runs_dir / label / cell.name / f"seed{seed}").absolute()  # links not followed
+        target = (results_dir / label / cell.name / f"seed{seed}").absolute()
         args = (cfg, str(run), str(target), key, cpus_per_run, os.getcwd())
         jobs.append((key, {"cell": cell.name, "seed": seed}, args))
     if not jobs:
@@ -168,6 +168,8 @@ def run_bench_ray(
     finally:
         if owned:
             ray.shutdown()
+    order = {(cell.name, seed): i for i, (cell, seed, _) in enumerate(rows)}
+    summary.sort(key=lambda row: order[row["cell"], row["seed"]])  # the recipe's order
     print_summary(console, summary, time.perf_counter() - started)
     return summary
 
