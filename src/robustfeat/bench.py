@@ -41,6 +41,7 @@ from .methods import check_method_options
 from .provenance import provenance
 
 if TYPE_CHECKING:
+    from .config import TrainConfig
     from .train import TrainingDiverged
 
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "results.json")  # results.json last: marks done
@@ -183,8 +184,6 @@ def run_bench(
     runs_dir: Path = Path("runs/bench"),
     results_dir: Path = Path("benchmarks/results"),
 ) -> list[dict[str, Any]]:
-    from .train import TrainingDiverged, train
-
     console = Console()
     rows = plan(recipe, only, seeds, results_dir)
     label = recipe_label(recipe)
@@ -193,31 +192,38 @@ def run_bench(
     for cell, seed, done in rows:
         target = results_dir / label / cell.name / f"seed{seed}"
         status = done or ("would run" if dry_run else "running")
-        console.print(f"[bold]{label}/{cell.name}/seed{seed}[/]: {status}")
+        console.print(f"[bold]{run_key(label, cell, seed)}[/]: {status}")
         if done or dry_run:
             summary.append({"cell": cell.name, "seed": seed, "status": status})
             continue
         cfg = make_config(base, cell.config_layer(seed), {"progress": False})
-        run = runs_dir / label / cell.name / f"seed{seed}"
-        try:
-            results = train(cfg, run, resume=True)
-        except TrainingDiverged as err:
-            publish_divergence(run, target, err)
-            console.print(f"[yellow]{label}/{cell.name}/seed{seed}: diverged[/] ({err})")
-            summary.append(
-                {"cell": cell.name, "seed": seed, "status": "diverged", "step": err.step}
+        outcome = run_one(cfg, runs_dir / label / cell.name / f"seed{seed}", target)
+        if outcome["status"] == "diverged":
+            console.print(
+                f"[yellow]{run_key(label, cell, seed)}: diverged[/] ({outcome['message']})"
             )
-            continue
-        publish(run, target)
-        summary.append(
-            {
-                "cell": cell.name,
-                "seed": seed,
-                "status": "ran",
-                "clean": results["clean"]["accuracy"],
-            }
-        )
+        summary.append({"cell": cell.name, "seed": seed, **outcome})
     return summary
+
+
+def run_key(label: str, cell: Cell, seed: int) -> str:
+    """How a run is named in the bench's output: ``<recipe>/<cell>/seed<k>``."""
+    return f"{label}/{cell.name}/seed{seed}"
+
+
+def run_one(cfg: TrainConfig, run: Path, target: Path) -> dict[str, Any]:
+    """Train one (cell, seed) into ``run`` (resuming from its last checkpoint) and publish it to
+    ``target``: ``{"status": "ran", "clean": ...}`` or ``{"status": "diverged", "step": ...,
+    "message": ...}``."""
+    from .train import TrainingDiverged, train
+
+    try:
+        results = train(cfg, run, resume=True)
+    except TrainingDiverged as err:
+        publish_divergence(run, target, err)
+        return {"status": "diverged", "step": err.step, "message": str(err)}
+    publish(run, target)
+    return {"status": "ran", "clean": results["clean"]["accuracy"]}
 
 
 def _copy(source: Path, target: Path) -> None:

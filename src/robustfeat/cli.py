@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import RobustfeatError
+from .errors import ConfigError, RobustfeatError
 
 EXIT_USAGE = 2
 MAX_ERROR_CHARS = 2000
@@ -437,15 +437,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     only = [pat for item in args.only or [] for pat in item.split(",") if pat]
-    run_bench(
-        args.recipe,
-        only=only or None,
-        seeds=args.seeds,
-        dry_run=args.dry_run,
-        runs_dir=Path(args.runs_dir),
-        results_dir=Path(args.results_dir),
-    )
-    return 0
+    options = {"only": only or None, "seeds": args.seeds, "dry_run": args.dry_run}
+    options.update(runs_dir=Path(args.runs_dir), results_dir=Path(args.results_dir))
+    ray_names = ("address", "cpus_per_run", "gpus_per_run")
+    ray_options = {k: getattr(args, k) for k in ray_names if getattr(args, k) is not None}
+    if args.executor == "local":
+        if ray_options:
+            raise ConfigError(f"--{next(iter(ray_options)).replace('_', '-')} needs --executor ray")
+        run_bench(args.recipe, **options)
+        return 0
+    from .bench_ray import run_bench_ray
+
+    summary = run_bench_ray(args.recipe, **options, **ray_options)
+    return 1 if any(row["status"] == "failed" for row in summary) else 0
 
 
 # ------------------------------------------------------------------ report
@@ -544,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir", default="runs/bench", help="where run directories (with weights) go"
     )
     p.add_argument("--results-dir", default="benchmarks/results", help="where committed results go")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one run after another here (default); ray: every run a Ray task",
+    )
+    p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT; default: start one)")
+    p.add_argument("--cpus-per-run", type=int, dest="cpus_per_run", help="Ray: CPUs (threads)")
+    p.add_argument("--gpus-per-run", type=float, dest="gpus_per_run", help="Ray: GPUs per run")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
