@@ -81,15 +81,18 @@ def without(value, keys: set[str]):
     return value
 
 
+def assert_same_weights(a_path: Path, b_path: Path) -> None:
+    """Tensors bit for bit and the same header (safetensors orders metadata keys by a hash
+    seeded per process, so two files' bytes may differ in the header's key order alone)."""
+    a, b = io.load_tensors(a_path), io.load_tensors(b_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert io.read_safetensors_header(a_path) == io.read_safetensors_header(b_path)
+
+
 def assert_same_run(local: Path, other: Path) -> None:
     """Same weights (bit for bit), results.json numbers and logged losses."""
     assert (other / "config.yaml").read_bytes() == (local / "config.yaml").read_bytes()
-    # tensors bit for bit and the same metadata (safetensors orders metadata keys by a hash
-    # seeded per process, so the files' bytes may differ in the header alone)
-    a, b = (io.load_tensors(d / "weights.safetensors") for d in (local, other))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    headers = [io.read_safetensors_header(d / "weights.safetensors") for d in (local, other)]
-    assert headers[0] == headers[1]
+    assert_same_weights(local / "weights.safetensors", other / "weights.safetensors")
     results = [json.loads((d / "results.json").read_text()) for d in (local, other)]
     a, b = (without(r, TIMING_KEYS | PROVENANCE_KEYS) for r in results)
     assert a == b and a["clean"]["n"] == 32
@@ -226,9 +229,9 @@ def test_demo_scale_matrix_through_the_cli_matches_the_local_executor(tmp_path):
             remote = json.loads((results / name / "results.json").read_text())
             keys = TIMING_KEYS | PROVENANCE_KEYS
             assert without(remote, keys) == without(local, keys)
-            assert (runs / name / "weights.safetensors").read_bytes() == (
-                local_runs / name / "weights.safetensors"
-            ).read_bytes()
+            assert_same_weights(
+                runs / name / "weights.safetensors", local_runs / name / "weights.safetensors"
+            )
 
 
 @pytest.mark.slow
