@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also checkpoint every N steps (always each epoch)
     # false: a finished run keeps only its final weights (no checkpoint, no optimizer state)
     keep_checkpoint: bool = True
+    tensorboard: bool = True  # TensorBoard scalars in <run>/tensorboard (if it is installed)
     log_every: int = 50
     nan_policy: str = "stop"
     eval_suite: str | None = "clean"

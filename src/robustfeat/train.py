@@ -77,6 +77,7 @@ from .models import create_model
 from .multilabel import evaluate_multilabel
 from .provenance import provenance
 from .runs import data_metadata, default_shift_sets, run_info
+from .scalar_log import ScalarLog
 
 CHECKPOINTS = "checkpoints"
 RUN_MARKER = ".robustfeat-run"  # marks a run directory as ours; its flock is the run's lock
@@ -563,11 +564,20 @@ class RunningMetrics:
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool) -> None:
+    """metrics.jsonl, and the same records as TensorBoard scalars (``scalar_log``)."""
+
+    def __init__(self, path: Path, enabled: bool, scalars: ScalarLog | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self.scalars = scalars
+
+    def close(self) -> None:
+        if self.scalars is not None:
+            self.scalars.close()
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.scalars is not None:
+            self.scalars.write(record)
         if self.enabled:
             try:
                 with self.path.open("a") as f:
@@ -795,7 +805,8 @@ class Trainer:
         if cfg.compile:
             for module in self.method.compile_targets():
                 module.compile()
-        log = MetricsLog(run.metrics, self.dist.main)
+        tensorboard = ScalarLog(run.root, self.dist.main and cfg.tensorboard, step or None)
+        log = MetricsLog(run.metrics, self.dist.main, tensorboard)
         forward = self._forward_module()
         scaler = (
             torch.amp.GradScaler("cuda")
@@ -867,6 +878,7 @@ class Trainer:
                         if self.dist.world_size > 1:
                             dist.barrier()
                         epoch_start, epoch_images = time.perf_counter(), 0
+        log.close()
         return self.finish(train_seconds)
 
     def _train_step(
