@@ -501,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"robustfeat {__version__}")
+    add_plugin_arg(parser, "plugins")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("train", help="train a method on a backbone and dataset")
@@ -597,12 +598,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    for p in sub.choices.values():  # --plugin also after the command name
+        add_plugin_arg(p, "command_plugins")
     return parser
+
+
+def add_plugin_arg(p: argparse.ArgumentParser, dest: str) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        dest=dest,
+        metavar="MODULE",
+        help="import this module (or .py file) first: its registered methods, models, attacks, "
+        "... become usable (repeatable; installed `robustfeat.plugins` entry points load always)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .plugins import load_plugins
+
+        load_plugins([*(args.plugins or []), *(args.command_plugins or [])])
         return args.func(args)
     except RobustfeatError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
