@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,30 @@ def test_public_names_resolve_lazily_and_evaluate_stays_the_function():
     imported_after(code)  # raises CalledProcessError on a failed assert
     with pytest.raises(AttributeError):
         _ = robustfeat.no_such_name
+
+
+def test_every_module_imports_first_without_a_cycle():
+    """With nothing imported eagerly by the package, each module must import on its own (an import
+    cycle shows up as "partially initialized module" for whichever module comes first)."""
+    code = textwrap.dedent(
+        """
+        import pkgutil, sys
+        import robustfeat
+        names = [m.name for m in pkgutil.walk_packages(robustfeat.__path__, "robustfeat.")]
+        failed = []
+        for name in names:
+            if name == "robustfeat.__main__":
+                continue
+            for loaded in [m for m in sys.modules if m.startswith("robustfeat.")]:
+                del sys.modules[loaded]
+            try:
+                __import__(name)
+            except ImportError as err:
+                failed.append(f"{name}: {err}")
+        print(len(names), failed)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    count, failed = out.stdout.split(" ", 1)
+    assert int(count) > 50 and failed.strip() == "[]", out.stdout + out.stderr
