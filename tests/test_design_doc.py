@@ -4,11 +4,8 @@ plugin module, the commands through the CLI at a tiny budget), and it names ever
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,18 +35,6 @@ def documented_commands() -> dict[str, list[str]]:
     return commands
 
 
-def cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "robustfeat", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture
 def plugin_dir(tmp_path: Path) -> Path:
     (block,) = [b for b in code_blocks(WALKTHROUGH, "python") if b.startswith("# my_methods.py")]
@@ -57,11 +42,11 @@ def plugin_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_walkthrough_method_lists_trains_and_evaluates_through_the_cli(plugin_dir):
+def test_walkthrough_method_lists_trains_and_evaluates_through_the_cli(plugin_dir, robustfeat_cli):
     commands = documented_commands()
     assert set(commands) == {"list", "train", "eval"}
 
-    listed = cli(commands["list"], plugin_dir)
+    listed = robustfeat_cli(commands["list"], plugin_dir)
     assert listed.returncode == 0, listed.stderr
     block = listed.stdout.split("feature_norm_ce: ", 1)[1].split("\n\n")[0]
     assert block == (
@@ -72,7 +57,7 @@ def test_walkthrough_method_lists_trains_and_evaluates_through_the_cli(plugin_di
 
     train = commands["train"]
     lam = float(train[train.index("--arg") + 1].removeprefix("lam="))
-    trained = cli([*train, *TINY], plugin_dir)
+    trained = robustfeat_cli([*train, *TINY], plugin_dir)
     assert trained.returncode == 0, trained.stderr
     run = plugin_dir / train[train.index("-o") + 1]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -82,7 +67,7 @@ def test_walkthrough_method_lists_trains_and_evaluates_through_the_cli(plugin_di
         assert r["loss"] == pytest.approx(r["loss_ce"] + lam * r["loss_norm"], rel=1e-5)
         assert r["loss_norm"] > 0
 
-    evaluated = cli(commands["eval"], plugin_dir)
+    evaluated = robustfeat_cli(commands["eval"], plugin_dir)
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["run"]["method"] == "feature_norm_ce"
@@ -92,9 +77,9 @@ def test_walkthrough_method_lists_trains_and_evaluates_through_the_cli(plugin_di
     assert 0 <= results["worst_case"]["accuracy"] <= results["clean"]["accuracy"]
 
 
-def test_walkthrough_method_refuses_a_bad_stage_before_training(plugin_dir):
+def test_walkthrough_method_refuses_a_bad_stage_before_training(plugin_dir, robustfeat_cli):
     train = documented_commands()["train"]
-    bad = cli([*train, *TINY, "--arg", "stage=stage9"], plugin_dir)
+    bad = robustfeat_cli([*train, *TINY, "--arg", "stage=stage9"], plugin_dir)
     assert bad.returncode == 2
     assert "unknown feature node 'stage9'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

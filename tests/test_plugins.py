@@ -5,8 +5,6 @@ group."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -51,25 +49,12 @@ TINY_RUN += ["--data-arg", "n_train=64", "--data-arg", "n_test=32", "--data-arg"
 TINY_RUN += ["--no-progress", "--set", "log_every=1"]
 
 
-def cli(args: list[str], cwd: Path, pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(str(p) for p in [*pythonpath, SRC])
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "robustfeat", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_plugin_method_trains_evaluates_and_lists_from_the_cli(tmp_path):
+def test_plugin_method_trains_evaluates_and_lists_from_the_cli(tmp_path, robustfeat_cli):
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
     run = tmp_path / "run"
     # a module name found in the current directory (as `python -m` would find it)
     train = ["--plugin", "my_plugin", "train", "--method", "logit_penalty_ce", "-a", "beta=0.5"]
-    trained = cli([*train, *TINY_RUN, "-o", str(run)], cwd=tmp_path)
+    trained = robustfeat_cli([*train, *TINY_RUN, "-o", str(run)], cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss_logits" in r]
@@ -77,27 +62,28 @@ def test_plugin_method_trains_evaluates_and_lists_from_the_cli(tmp_path):
     for r in steps:  # the trainer optimised the plugin's loss, with the option given
         assert r["loss"] == pytest.approx(r["loss_ce"] + 0.5 * r["loss_logits"], rel=1e-5)
     # eval: the run's method comes from the plugin (given after the command, as a file path)
-    evaluated = cli(["eval", str(run), "--plugin", "my_plugin.py", "--suite", "clean"], tmp_path)
+    evaluate = ["eval", str(run), "--plugin", "my_plugin.py", "--suite", "clean"]
+    evaluated = robustfeat_cli(evaluate, tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["run"]["method"] == "logit_penalty_ce"
     assert results["clean"]["n"] == 32
     # without the plugin the method is unknown: one line, exit 2
-    missing = cli(["eval", str(run), "--suite", "clean"], tmp_path)
+    missing = robustfeat_cli(["eval", str(run), "--suite", "clean"], tmp_path)
     assert missing.returncode == 2
     assert "unknown method 'logit_penalty_ce'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_entry_point_plugins_load_for_every_command(tmp_path):
+def test_entry_point_plugins_load_for_every_command(tmp_path, robustfeat_cli):
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
-    listed = cli(["list", "methods", "-v"], tmp_path, pythonpath=[tmp_path])
+    listed = robustfeat_cli(["list", "methods", "-v"], tmp_path, pythonpath=[tmp_path])
     assert "logit_penalty_ce" not in listed.stdout  # on the path but not declared
     dist = tmp_path / "my_plugin_dist-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin-dist\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[robustfeat.plugins]\nmine = my_plugin\n")
-    listed = cli(["list", "methods", "-v"], tmp_path, pythonpath=[tmp_path])
+    listed = robustfeat_cli(["list", "methods", "-v"], tmp_path, pythonpath=[tmp_path])
     assert listed.returncode == 0, listed.stderr
     block = listed.stdout.split("logit_penalty_ce: ", 1)[1].split("\n\n")[0]
     assert block == "CE + beta * mean squared logit.\n    beta: float = 0.25"
