@@ -1,3 +1,9 @@
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,3 +21,26 @@ def _seed() -> None:
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dataset caches of tests go to a temp dir, never the user's cache."""
     monkeypatch.setenv("ROBUSTFEAT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def robustfeat_cli():
+    """``robustfeat ARGS`` in a fresh interpreter, in directory ``cwd``, with this checkout's src
+    (after any ``pythonpath`` entries) on PYTHONPATH; one torch thread."""
+    src = Path(__file__).resolve().parents[1] / "src"
+
+    def run(
+        args: list[str], cwd: Path, pythonpath: Sequence[Path] = ()
+    ) -> subprocess.CompletedProcess:
+        path = os.pathsep.join(str(p) for p in [*pythonpath, src])
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(
+            [sys.executable, "-m", "robustfeat", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return run

@@ -1,10 +1,12 @@
 """Differentiable CAM, class maps of any model, CAM mode, Grad-CAM and the CAM figure."""
 
+import sys
+
 import pytest
 import torch
 from PIL import Image
 
-from robustfeat.errors import ConfigError
+from robustfeat.errors import ConfigError, MissingExtraError, RobustfeatError
 from robustfeat.interpret.cam import (
     cam_from_features,
     class_activation_maps,
@@ -104,3 +106,15 @@ def test_cam_figure_png_has_one_row_per_image(tmp_path):
     with Image.open(path) as image:
         width, height = image.size
     assert width > 2.5 * height  # 2 rows of 6 panels (image, +, 4 negatives)
+
+
+def test_grad_cam_without_the_cam_extra_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # as if not installed
+    model = create_model("resnet20", num_classes=10, width=4)
+    with pytest.raises(MissingExtraError) as err:
+        grad_cam(model, torch.rand(1, 3, 32, 32))
+    assert isinstance(err.value, RobustfeatError)  # the CLI: one line, exit 2
+    assert str(err.value) == (
+        "Grad-CAM needs the optional package 'pytorch_grad_cam', not installed: "
+        "pip install 'robustfeat[cam]'"
+    )

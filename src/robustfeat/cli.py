@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,22 @@ EXIT_USAGE = 2
 MAX_ERROR_CHARS = 2000
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (None, a flag
+    that is off) or the help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        nothing = action.default is None or action.default is False or action.default == []
+        if nothing or action.default == argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse's own errors: same shape as ours
         self.print_usage(sys.stderr)
         print(f"robustfeat: error: {message}", file=sys.stderr)
@@ -42,7 +57,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", help="fp32, bf16 (CPU/GPU autocast) or amp (CUDA fp16)")
     p.add_argument(
         "--compile",
@@ -70,6 +85,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the run directory's last checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    show_config_defaults(p)
+
+
+def show_config_defaults(p: argparse.ArgumentParser) -> None:
+    """Train flags default to None (so that a recipe's value wins); their help shows the
+    ``TrainConfig`` default they fall back to."""
+    from .config import TrainConfig
+
+    defaults = TrainConfig().__dict__
+    for action in p._actions:
+        if action.default is None and defaults.get(action.dest) is not None:
+            default = f"(default: {defaults[action.dest]}, or the recipe's)"
+            action.help = f"{action.help} {default}" if action.help else default
 
 
 def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
@@ -144,13 +172,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ eval
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    from .attacks.suites import list_suites
-
     p.add_argument(
         "run_dir", metavar="RUN_DIR", help="a run directory (config.yaml + weights.safetensors)"
     )
     p.add_argument(
-        "--suite", default="standard", help=f"evaluation suite: {', '.join(list_suites())}"
+        "--suite", default="standard", help="evaluation suite (see `robustfeat list suites`)"
     )
     p.add_argument("--n", type=int, help="size of the attacked subset (default: the suite's)")
     p.add_argument(
@@ -161,7 +187,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="results file (default RUN_DIR/results.json)")
     p.add_argument("--data", help="test data spec (default: the run's config)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=250, dest="batch_size")
     p.add_argument(
         "--seed", type=int, default=0, help="subset permutation and attack random starts"
@@ -176,7 +202,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         dest="n_corruptions",
-        help="test images corrupted when generating (default 1000)",
+        help="test images corrupted when generating",
     )
     p.add_argument(
         "--shift",
@@ -393,34 +419,10 @@ def run_label(run_dir: str | Path) -> str:
 
 
 # ------------------------------------------------------------------ list
-def _listers() -> dict[str, Callable[[], list[str]]]:
-    from .adversarial import list_schemes
-    from .attacks import list_attacks
-    from .attacks.suites import list_suites
-    from .config import field_names, list_recipes
-    from .data import list_datasets
-    from .data.augment import list_augments
-    from .methods import list_methods
-    from .models import list_models
-
-    return {
-        "models": lambda: [*list_models(), "timm/<any timm CNN, e.g. timm/resnet18>"],
-        "methods": list_methods,
-        "datasets": lambda: [*list_datasets(), "folder:PATH", "zip:PATH", "mosaic:SPEC"],
-        "augments": list_augments,
-        "schemes": list_schemes,
-        "attacks": list_attacks,
-        "suites": list_suites,
-        "recipes": list_recipes,
-        "config": field_names,
-    }
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    listers = _listers()
-    if args.what not in listers:
-        raise RobustfeatError(f"cannot list {args.what!r}; valid: {', '.join(listers)}")
-    print("\n".join(listers[args.what]()))
+    from .catalog import catalog, format_entries
+
+    print(format_entries(catalog(args.what), verbose=args.verbose))
     return 0
 
 
@@ -516,13 +518,17 @@ def add_figure_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
     """The arguments every figure command (channels, cams) shares."""
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run directories")
     p.add_argument("--data", help="test data spec (default: each run's config)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("-o", "--out", required=True, help=out_help)
 
 
 # ------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = ArgumentParser(prog="robustfeat", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"robustfeat {__version__}")
+    add_plugin_arg(parser, "plugins")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("train", help="train a method on a backbone and dataset")
@@ -577,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="class index or name (repeatable; default: 0)",
     )
     p.add_argument("--n", type=int, help="at most this many test images per class (default: all)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20, eps 8/255)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (eps 8/255)")
     p.add_argument(
         "--attack-loss",
         metavar="NAME",
@@ -590,24 +596,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "cams", help="positive + top negative CAMs of trained runs on the same images (HNC Fig. 1)"
     )
-    p.add_argument("--n", type=int, default=6, help="test images (default 6)")
-    p.add_argument("--k", type=int, default=4, help="negative classes per image (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="which test images (default 0)")
+    p.add_argument("--n", type=int, default=6, help="test images")
+    p.add_argument("--k", type=int, default=4, help="negative classes per image")
+    p.add_argument("--seed", type=int, default=0, help="which test images")
     p.add_argument(
         "--n-metric",
         type=int,
         default=1000,
         dest="n_metric",
-        help="test images for the peakiness numbers (default 1000)",
+        help="test images for the peakiness numbers",
     )
     add_figure_run_args(p, "directory for the PNGs, numbers, index")
     p.set_defaults(func=cmd_cams)
 
-    p = sub.add_parser("list", help="list registered names")
+    p = sub.add_parser("list", help="list registered names (-v: with options and defaults)")
     p.add_argument(
         "what",
         help="models | methods | datasets | augments | schemes | attacks | suites | recipes | "
         "config",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="each entry's options with their defaults, and one line of doc",
     )
     p.set_defaults(func=cmd_list)
 
@@ -622,12 +634,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    for p in sub.choices.values():  # --plugin also after the command name
+        add_plugin_arg(p, "command_plugins")
     return parser
+
+
+def add_plugin_arg(p: argparse.ArgumentParser, dest: str) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        dest=dest,
+        metavar="MODULE",
+        help="import this module (or .py file) first: its registered methods, models, attacks, "
+        "... become usable (repeatable; installed `robustfeat.plugins` entry points load always)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .plugins import load_plugins
+
+        load_plugins([*(args.plugins or []), *(args.command_plugins or [])])
         return args.func(args)
     except RobustfeatError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]

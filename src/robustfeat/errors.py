@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class RobustfeatError(Exception):
     """Bad input (name, value, file); the message says what is wrong and what is valid."""
@@ -28,6 +31,21 @@ class CheckpointError(RobustfeatError):
 
 class OutputError(RobustfeatError):
     """An output (run directory, checkpoint, results) cannot be written: permissions, disk full."""
+
+
+class MissingExtraError(RobustfeatError, ImportError):
+    """An optional dependency (a pip extra of robustfeat) that a feature needs is not installed."""
+
+
+def import_extra(module: str, extra: str, feature: str) -> ModuleType:
+    """Import ``module`` of the optional extra ``extra``, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{feature} needs the optional package {err.name or module!r}, not installed: "
+            f"pip install 'robustfeat[{extra}]'"
+        ) from None
 
 
 def check(condition: bool, message: str) -> None:

@@ -27,7 +27,6 @@ import abc
 from typing import Any, ClassVar
 
 import torch
-import torchattacks
 from torch import nn
 
 from ..adversarial.pgd import model_mode
@@ -39,6 +38,14 @@ AA_STEPS = 100
 AA_TARGETS = 9
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
+
+
+def _torchattacks() -> Any:
+    """The torchattacks module, imported on first use: it pulls in scipy (about as long to import
+    as torch), which ``import robustfeat`` and ``robustfeat list`` do not need."""
+    import torchattacks
+
+    return torchattacks
 
 
 class Float32View(nn.Module):
@@ -109,7 +116,7 @@ class APGDCE(TorchattacksAttack):
         return {**super().describe(), "restarts": self.restarts}
 
     def build(self, model: nn.Module, num_classes: int) -> Any:
-        return torchattacks.APGD(
+        return _torchattacks().APGD(
             model,
             norm=self.ta_norm[self.norm],
             eps=self.eps,
@@ -154,7 +161,7 @@ class APGDT(MultiTargeted):
             raise ConfigError(
                 f"APGD-T's targeted DLR loss needs >= 4 classes, the model has {num_classes}"
             )
-        return torchattacks.APGDT(
+        return _torchattacks().APGDT(
             model,
             norm=self.ta_norm[self.norm],
             eps=self.eps,
@@ -173,7 +180,7 @@ class FABT(MultiTargeted):
     loss = "fab"
 
     def build(self, model: nn.Module, num_classes: int) -> Any:
-        return torchattacks.FAB(
+        return _torchattacks().FAB(
             model,
             norm=self.ta_norm[self.norm],
             eps=self.eps,
@@ -220,7 +227,7 @@ class Square(TorchattacksAttack):
             ) from err
 
     def build(self, model: nn.Module, num_classes: int) -> Any:
-        return torchattacks.Square(
+        return _torchattacks().Square(
             model,
             norm=self.ta_norm[self.norm],
             eps=self.eps,

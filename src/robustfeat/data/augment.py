@@ -39,8 +39,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
 
 from .._registry import Registry
 from ..errors import ConfigError, check
@@ -258,6 +256,8 @@ class AugMix:
             f"augmix depth must be -1 (random 1-3) or 1..10, got {depth!r}",
         )
         check(alpha > 0, f"augmix alpha must be > 0, got {alpha}")
+        from torchvision.transforms import v2  # on use: torchvision's import costs about torch's
+
         try:
             self.reference = v2.AugMix(severity, width, depth, alpha, all_ops)
         except ValueError as err:
@@ -282,6 +282,8 @@ class AugMix:
     def tables(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Magnitudes (ops, severity, 2) and, for the affine ops, inverse matrices
         (ops, severity, 2, 2, 3), indexed by (op, bin, negative); cached per image size."""
+        from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
         if (height, width) not in self._tables:
             shape = (len(self.ops), self.severity, 2)
             mags = torch.zeros(shape, dtype=torch.float64)

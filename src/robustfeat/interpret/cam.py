@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adversarial.pgd import model_mode
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, import_extra
 from ..models.base import StagedModel
 
 GRAD_CAM_METHODS = (
@@ -144,7 +143,8 @@ def default_target_layer(model: nn.Module) -> nn.Module:
 
 
 def _grad_cam_class(method: str) -> type:
-    import pytorch_grad_cam as pgc  # imported on use: pulls in cv2 and scipy
+    # imported on use (it pulls in cv2 and scipy), from the optional `cam` extra
+    pgc = import_extra("pytorch_grad_cam", "cam", "Grad-CAM")
 
     classes = {
         "gradcam": pgc.GradCAM,
@@ -172,9 +172,11 @@ def grad_cam(
     """Grad-CAM-style maps (B, H, W) in [0, 1] at the input size, for ``classes`` (default: the
     predicted class), through pytorch-grad-cam; the model is in eval mode during the call and
     gets its own modes back afterwards. Detached (pictures and metrics, not losses)."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    # imported here: robustfeat.adversarial imports the methods, and HNC imports this module
+    from ..adversarial.pgd import model_mode
 
     cls = _grad_cam_class(method)
+    targets_module = import_extra("pytorch_grad_cam.utils.model_targets", "cam", "Grad-CAM")
     layer = target_layer if target_layer is not None else default_target_layer(model)
     with model_mode(model, "eval"):
         cam = cls(model=model, target_layers=[layer])
@@ -182,7 +184,7 @@ def grad_cam(
             targets = (
                 None
                 if classes is None
-                else [ClassifierOutputTarget(int(c)) for c in classes.tolist()]
+                else [targets_module.ClassifierOutputTarget(int(c)) for c in classes.tolist()]
             )
             maps = cam(input_tensor=x, targets=targets)
         finally:

@@ -1,4 +1,4 @@
-"""The Method contract (DESIGN.md "Method").
+"""The Method contract (docs/DESIGN.md, "The method contract").
 
 A Method owns the model changes and the training step. The training loop only does::
 

@@ -1,4 +1,4 @@
-"""The stage contract every backbone follows (DESIGN.md "Backbone").
+"""The stage contract every backbone follows (docs/DESIGN.md, "The backbone contract").
 
 A ``StagedModel`` is ``normalize -> stem -> stages -> head``. Subclasses build ``self.stem``
 (a module), ``self.stages`` (an ``nn.ModuleDict`` of stage name -> module, in order; a stage
