@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustfeat.adversarial.pgd import model_mode, random_init
+from robustfeat.adversarial.pgd import random_init
 from robustfeat.adversarial.schemes import (
     FAT,
     FGSMRS,
@@ -26,6 +26,7 @@ from robustfeat.methods import create_method
 from robustfeat.methods.ce import CE
 from robustfeat.models import create_model
 from robustfeat.models.base import StagedModel
+from robustfeat.runtime import model_mode
 from robustfeat.train import train
 
 EPS = 8 / 255

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from . import io
-from .adversarial.pgd import model_mode
 from .attacks import checks
 from .attacks.adaptive import adaptive_attacks, worst_case
 from .attacks.base import Attack, create_attack
@@ -46,6 +45,7 @@ from .data.base import ImageDataset
 from .data.loader import iterate_batches
 from .errors import ConfigError
 from .methods._base import Method
+from .runtime import model_mode
 
 SCHEMA = "robustfeat.results/1"
 

@@ -23,8 +23,7 @@ Semantics, in one place:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..runtime import model_mode
 
 Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")
@@ -39,22 +39,6 @@ NORMS = ("linf", "l2")
 LogitLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # per-sample loss to maximise, from (x_adv, labels): for losses over auxiliary heads
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@contextmanager
-def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Put ``model`` in ``"eval"`` or ``"train"`` mode (``"keep"``: unchanged) and restore every
-    submodule's own mode afterwards, even on error."""
-    if mode not in ("eval", "train", "keep"):
-        raise ConfigError(f"model mode must be eval, train or keep, got {mode!r}")
-    saved = [(m, m.training) for m in model.modules()]
-    if mode != "keep":
-        model.train(mode == "train")
-    try:
-        yield model
-    finally:
-        for module, training in saved:
-            module.training = training
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adversarial.pgd import Objective, model_mode
+from ..adversarial.pgd import Objective
 from ..methods._base import Method
+from ..runtime import model_mode
 from .base import AttackOutput, create_attack
 from .gradient import PGD
 

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..adversarial.pgd import model_mode
 from ..errors import ConfigError
+from ..runtime import model_mode
 from .base import Attack, AttackOutput, register_attack
 
 # reference "standard" settings (fra31/auto-attack, version="standard", Linf / L2)

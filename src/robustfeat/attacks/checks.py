@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adversarial.pgd import ce_loss, cw_loss, model_mode
+from ..adversarial.pgd import ce_loss, cw_loss
+from ..runtime import model_mode
 
 LARGE_EPS_MAX_ACCURACY = 0.05
 ZERO_GRADIENT_MAX_FRACTION = 0.01

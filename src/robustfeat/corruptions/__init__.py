@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from .. import io
-from ..adversarial.pgd import model_mode
 from ..data import cache_dir
 from ..data.base import ImageDataset
 from ..errors import CheckpointError, ConfigError, DataError
+from ..runtime import model_mode
 from .functional import CORRUPTIONS, SEVERITIES
 
 GENERATOR_VERSION = "1"  # bump when the generated images change

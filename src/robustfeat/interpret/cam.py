@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, UnknownNameError, import_extra
 from ..models.base import StagedModel
+from ..runtime import model_mode
 
 GRAD_CAM_METHODS = (
     "gradcam",
@@ -172,9 +173,6 @@ def grad_cam(
     """Grad-CAM-style maps (B, H, W) in [0, 1] at the input size, for ``classes`` (default: the
     predicted class), through pytorch-grad-cam; the model is in eval mode during the call and
     gets its own modes back afterwards. Detached (pictures and metrics, not losses)."""
-    # imported here: robustfeat.adversarial imports the methods, and HNC imports this module
-    from ..adversarial.pgd import model_mode
-
     cls = _grad_cam_class(method)
     targets_module = import_extra("pytorch_grad_cam.utils.model_targets", "cam", "Grad-CAM")
     layer = target_layer if target_layer is not None else default_target_layer(model)

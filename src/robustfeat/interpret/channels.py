@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from ..adversarial.pgd import model_mode, pgd
+from ..adversarial.pgd import pgd
 from ..data.base import ImageDataset
 from ..data.loader import iterate_batches
 from ..errors import ConfigError, check
 from ..methods._base import Method
 from ..models.base import StagedModel
+from ..runtime import model_mode
 
 THRESHOLD = 0.01
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..adversarial.pgd import model_mode
 from ..errors import ConfigError, check
 from ..models.base import StagedModel
+from ..runtime import model_mode
 from .cam import class_maps, last_stage_features
 
 ERF_OUTPUTS = ("auto", "features", "cam")

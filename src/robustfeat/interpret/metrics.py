@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adversarial.pgd import model_mode
 from ..data.base import ImageDataset
 from ..errors import DataError, check
 from ..models.base import StagedModel
+from ..runtime import model_mode
 from .cam import (
     GRAD_CAM_METHODS,
     class_maps,

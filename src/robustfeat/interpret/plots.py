@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..adversarial.pgd import model_mode
 from ..errors import ConfigError
+from ..runtime import model_mode
 from .cam import class_maps, grad_cam, positives_mask, ranked_negatives
 
 

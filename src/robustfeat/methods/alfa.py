@@ -98,10 +98,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..adversarial.pgd import model_mode
 from ..errors import ConfigError, check
 from ..models.base import StagedModel
 from ..nn.feature_slot import FeatureSlot
+from ..runtime import model_mode
 from ._base import Method
 from ._registry import register_method
 

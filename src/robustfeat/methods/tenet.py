@@ -77,10 +77,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..adversarial.pgd import model_mode
 from ..errors import check
 from ..models.base import StagedModel
 from ..nn.topk_pool import global_avg_pool2d
+from ..runtime import model_mode
 from ._base import Method
 from ._registry import register_method
 

@@ -1,0 +1,31 @@
+"""Runtime helpers every layer uses (training, evaluation, attacks, methods, interpretation):
+a model's train / eval mode set and restored around a piece of work.
+
+A neutral module: it imports nothing of the package but its errors, so anything may import it
+without a cycle (interpret -> adversarial -> methods -> interpret was one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from .errors import ConfigError
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Put ``model`` in ``"eval"`` or ``"train"`` mode (``"keep"``: unchanged) and restore every
+    submodule's own mode afterwards, even on error."""
+    if mode not in ("eval", "train", "keep"):
+        raise ConfigError(f"model mode must be eval, train or keep, got {mode!r}")
+    saved = [(m, m.training) for m in model.modules()]
+    if mode != "keep":
+        model.train(mode == "train")
+    try:
+        yield model
+    finally:
+        for module, training in saved:
+            module.training = training
