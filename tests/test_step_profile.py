@@ -1,0 +1,72 @@
+"""benchmarks/step_profile.py: the operator classes its profile table is built from."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+
+def step_profile():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("step_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("chain", "expected"),
+    [
+        # eager: the class of the outermost operator, whatever runs inside it
+        (["aten::empty", "aten::mkldnn_convolution", "aten::convolution"], "conv_fwd"),
+        (["aten::convolution", "aten::conv2d"], "conv_fwd"),
+        (
+            ["aten::empty", "aten::convolution_backward", "autograd::engine::evaluate_function"],
+            "conv_bwd",
+        ),
+        (["aten::native_batch_norm", "aten::batch_norm"], "batchnorm"),
+        (["aten::relu_", "aten::cross_entropy_loss"], "other_ops"),
+        # compiled: inductor kernels are named by the operators fused into them
+        (
+            ["graph_0_cpp_fused__native_batch_norm_legit_functional_relu_1", "## Call Compiled"],
+            "batchnorm",
+        ),
+        (["graph_0_cpp_fused__to_copy_div_sub_0", "## Call CompiledFxGraph x"], "other_ops"),
+        (["aten::convolution", "## Call CompiledFxGraph x", "Torch-Compiled Region"], "conv_fwd"),
+        # the step's phases win over the operator inside them
+        (["aten::mul_", "aten::_foreach_mul_", "Optimizer.step#SGD.step"], "optimizer"),
+        (["aten::gather", "step_profile::data"], "data"),
+        (["## Call CompiledFxGraph x", "Torch-Compiled Region"], "framework"),
+    ],
+)
+def test_op_class_of_an_event_name_chain(chain, expected):
+    assert step_profile().op_class(chain) == expected
+
+
+def test_profile_of_a_real_step_splits_its_time_into_the_classes():
+    bench = step_profile()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step() -> int:
+        with record_function(bench.DATA_MARK):
+            x = torch.rand(4, 3, 16, 16).flip(3)
+        loss = model(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return 4
+
+    result = bench.profile_step(step, steps=2)
+    ms = result["ms_per_step"]
+    for name in ("conv_fwd", "conv_bwd", "batchnorm", "other_ops", "optimizer", "data"):
+        assert ms[name] > 0, name
+    assert sum(result["share"].values()) == pytest.approx(1.0)
+    assert result["images_per_step"] == 4
+    assert "aten::conv2d" in result["top_ops_ms_per_step"]  # eager: the outermost op
