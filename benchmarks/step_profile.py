@@ -302,10 +302,12 @@ def grid(mode: str) -> list[dict[str, Any]]:
     """Settings measured in one process beside the baseline (listed first)."""
     if mode == "quick":
         return [BASELINE, NEW]
-    if mode == "full":
+    if mode == "full":  # BASELINE and NEW come first: the product starts with the recipe's
+        recipe = {"compile": True, "precision": "bf16", "batch_size": 128}
         cells = itertools.product((True, False), ("bf16", "fp32"), (128, 256, 512), (2, 1))
         return [
-            {"threads": t, "compile": c, "precision": p, "batch_size": b} for c, p, b, t in cells
+            {"threads": t} | {k: v for k, v in zip(recipe, values, strict=True) if v != recipe[k]}
+            for *values, t in cells
         ]
     return [
         BASELINE,

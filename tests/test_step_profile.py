@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,20 @@ def test_profile_of_a_real_step_splits_its_time_into_the_classes():
     assert sum(result["share"].values()) == pytest.approx(1.0)
     assert result["images_per_step"] == 4
     assert "aten::conv2d" in result["top_ops_ms_per_step"]  # eager: the outermost op
+
+
+@pytest.mark.parametrize("mode", ["quick", "default", "full"])
+def test_every_grid_starts_with_the_baseline_and_holds_the_new_settings(mode):
+    bench = step_profile()
+    settings = bench.grid(mode)
+    assert settings[0] == bench.BASELINE and bench.NEW in settings
+    assert len({json.dumps(s, sort_keys=True) for s in settings}) == len(settings)  # distinct
+    for setting in settings:  # each method cell has its CE reference in the grid
+        if "method" in setting:
+            assert {k: v for k, v in setting.items() if k != "method"} in settings
+
+
+def test_full_grid_is_every_mode_precision_batch_and_thread_count():
+    cells = step_profile().grid("full")
+    assert len(cells) == 2 * 2 * 3 * 2
+    assert {"threads": 1, "compile": False, "precision": "fp32", "batch_size": 512} in cells
