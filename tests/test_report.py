@@ -1208,9 +1208,9 @@ def test_step_profile_beside_perf_json_is_a_table_in_the_report_and_readme(tmp_p
         "25%",
         "11%",
     )
-    assert base["Optim."] == "–" and base["÷ CE"] == "–"
+    assert base["Optim."] == "–" and base["Per-core img/s ÷ CE"] == "–"
     cifs = row_for(table, "cpu recipe, 1 thread, compile False, method cifs")
-    assert cifs["÷ CE"] == "1.04× (1.02-1.06)" and cifs["ms/step"] == "–"
+    assert cifs["Per-core img/s ÷ CE"] == "1.04× (1.02-1.06)" and cifs["ms/step"] == "–"
     pair = row_for(table, "2 one-thread processes at once (total)")
     assert pair["img/s ÷ baseline"] == "1.31× (1.25-1.40)"
     assert "throughput_ratio_vs_baseline 1.31×; 1-minute load average 2.0 → 3.5" in table.notes[1]

@@ -904,8 +904,8 @@ def step_profile_table(profile: dict[str, Any]) -> Table:
     header = [
         "Setting",
         "img/s ÷ baseline",
-        "Per core ÷ 1 thread",
-        "÷ CE",
+        "Per-core img/s ÷ 1 thread",
+        "Per-core img/s ÷ CE",
         "ms/step",
         *STEP_CLASSES.values(),
     ]
@@ -943,9 +943,10 @@ def step_profile_table(profile: dict[str, Any]) -> Table:
         f"{profile.get('mode', '?')} grid). Baseline: the cpu recipe as its results were trained "
         "(batch 128, bf16, channels_last, compile) on 2 threads. img/s ÷ baseline: wall time, "
         "interleaved in one process (median of the rounds' own ratios, IQR); per core: one-thread "
-        "rows by the thread's CPU time, which other processes' load does not inflate; ÷ CE: vs "
-        "CE with the same settings; the class columns: shares of the profiled step (self time of "
-        "each class's outermost operators; BN includes the ReLU / add inductor fuses into it). "
+        "rows by the thread's CPU time, which other processes' load does not inflate, vs the cpu "
+        "recipe on one thread or vs CE with the same settings (above 1: faster); the class "
+        "columns: shares of the profiled step (self time of each class's outermost operators; "
+        "BN includes the ReLU / add inductor fuses into it). "
         "Last row: two one-thread processes vs one two-thread process, total img/s, alternating.",
         "throughput_ratio_vs_baseline "
         f"{_fmt(_ratio(profile.get('throughput_ratio_vs_baseline')))}; 1-minute load average "
