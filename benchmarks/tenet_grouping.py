@@ -7,8 +7,9 @@ LinusWu/TENET_Training): a Python loop over the samples, and per k-means iterati
 groups that averages the members, measures the distance of every channel to the mean and snaps the
 centre to the nearest channel not yet taken. It is written here (not in the library) as the
 reference that the tests compare the library against: the same algorithm with the same
-deterministic rules (empty group keeps its centre, ties to the lowest index, distinct centres,
-converged samples stop), so both return identical groupings. It computes distances directly,
+deterministic rules (an empty group moves to the lowest-index free channel, ties to the lowest
+index, distinct centres, converged samples stop, the groups of the last assignment step are
+returned), so both return identical groupings. It computes distances directly,
 Σ(x - c)², where the library expands them into matrix products.
 
 Timed (median of ``--repeats`` rounds, ``--sweep-repeats`` in the channel sweep; the batched
@@ -64,10 +65,13 @@ def reference_grouping(
             snapped: list[int] = []
             for group in range(len(chosen)):
                 members = x[assign == group]
-                mean = members.mean(dim=0) if len(members) else x[chosen[group]]
-                to_mean = (x - mean).square().sum(dim=1)
-                to_mean[snapped] = float("inf")  # distinct centres
-                snapped.append(int(_first_near_min(to_mean, sq + mean.square().sum())))
+                if len(members):
+                    mean = members.mean(dim=0)
+                    to_mean = (x - mean).square().sum(dim=1)
+                    to_mean[snapped] = float("inf")  # distinct centres
+                    snapped.append(int(_first_near_min(to_mean, sq + mean.square().sum())))
+                else:  # empty: the lowest-index channel not taken
+                    snapped.append(min(set(range(len(x))) - set(snapped)))
             shift = sum(
                 float((x[new] - x[old]).square().sum().sqrt())
                 for new, old in zip(snapped, chosen, strict=True)
@@ -75,7 +79,7 @@ def reference_grouping(
             chosen = snapped
             if shift**2 < tol:
                 break
-        assigns.append(nearest(chosen))
+        assigns.append(assign)  # to the centres before the last update (official)
         centres.append(torch.tensor(chosen))
     return torch.stack(assigns), torch.stack(centres)
 

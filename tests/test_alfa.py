@@ -1,5 +1,6 @@
 """ALFA: feature-space PGD (Eq. 3-4), sites, prefix reuse, BN mode, loss composition."""
 
+import copy
 from collections import Counter
 
 import pytest
@@ -80,31 +81,98 @@ def count_calls(model):
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
-def test_prefix_runs_once_and_suffix_once_per_step(bn_mode):
+@pytest.mark.parametrize("bn_order", ["official", "clean_first"])
+def test_prefix_and_suffix_calls_per_step(bn_mode, bn_order):
     model = tiny()
-    method = create_method("alfa", model, nodes="stage2.0", steps=3, bn_mode=bn_mode).train()
+    method = create_method(
+        "alfa", model, nodes="stage2.0", steps=3, bn_mode=bn_mode, bn_order=bn_order
+    ).train()
     calls, handles = count_calls(model)
     method(*batch())
     for handle in handles:
         handle.remove()
-    # prefix once (clean forward); suffix: clean + 3 crafting steps + the adversarial forward
-    assert calls == Counter({"stem": 1, "stage1.0": 1, "stage2.0": 1, "stage3.0": 5, "fc": 5})
+    # suffix: 3 crafting steps + the adversarial forward + the clean forward; the prefix: the
+    # clean forward, and in the official order the site's own clean prefix forward before it
+    prefix = 2 if bn_order == "official" else 1
+    assert calls == Counter(
+        {"stem": prefix, "stage1.0": prefix, "stage2.0": prefix, "stage3.0": 5, "fc": 5}
+    )
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
-def test_bn_mode_while_crafting_is_as_configured_and_restored(bn_mode):
+@pytest.mark.parametrize("bn_order", ["official", "clean_first"])
+def test_bn_mode_while_crafting_is_as_configured_and_restored(bn_mode, bn_order):
     model = tiny()
-    method = create_method("alfa", model, nodes="stage2.0", steps=2, bn_mode=bn_mode).train()
+    method = create_method(
+        "alfa", model, nodes="stage2.0", steps=2, bn_mode=bn_mode, bn_order=bn_order
+    ).train()
     bn = model.stages["stage3"][0].conv1[1]
     seen = []
     handle = bn.register_forward_hook(lambda m, i, o: seen.append(m.training))
     stats_before = bn.running_mean.clone()
     method(*batch())
     handle.remove()
-    # clean forward (train), 2 crafting forwards (bn_mode), adversarial forward (train)
-    assert seen == [True, bn_mode == "train", bn_mode == "train", True]
+    crafting = [bn_mode == "train"] * 2
+    if bn_order == "official":  # 2 crafting forwards (bn_mode), adversarial, clean (train)
+        assert seen == [*crafting, True, True]
+    else:  # clean forward (train), 2 crafting forwards (bn_mode), adversarial forward (train)
+        assert seen == [True, *crafting, True]
     assert all(m.training for m in model.modules())
     assert not torch.equal(bn.running_mean, stats_before)
+
+
+def official_step_statistics(model, x, y, sites, steps, alpha, etas):
+    """BN running statistics after one step of the official loop (main_perturb.py and
+    main_learnable.py), the model in train mode throughout: per site a clean forward up to the
+    site (detached) and PGD from it; then the adversarial forwards (clean + eta·delta); then the
+    clean forward. The weights are not stepped: only the buffers are compared."""
+    model.train()
+    crafted = []
+    for site in sites:
+        with torch.no_grad():
+            h = model.forward_features(x, nodes=[site])[site]
+        adv = h.clone()
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            loss = F.cross_entropy(model.run_from(site, adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, adv)
+            adv = (adv + alpha * grad.sign()).detach()
+        crafted.append((site, h, adv))
+    with torch.no_grad():
+        for (site, h, adv), eta in zip(crafted, etas, strict=True):
+            model.run_from(site, h + eta * (adv - h))
+        model(x)
+    return {k: v for k, v in model.state_dict().items() if "running" in k}
+
+
+@pytest.mark.parametrize(
+    ("method_name", "opts", "etas"),
+    [
+        ("alfa", {"nodes": "stage2.0", "steps": 2, "alpha": 0.5}, [1.0]),
+        (
+            "lalfa",
+            {"nodes": ["stage1.0", "stage2.0"], "steps": 2, "alpha": 0.5, "eta_init": 0.5},
+            [0.5, 0.5],
+        ),
+    ],
+)
+def test_bn_running_statistics_end_the_step_as_the_official_loop(method_name, opts, etas):
+    """Issue 27, item 6: the official code ends each step on the clean batch; the old order
+    (``bn_order="clean_first"``) ends it on the perturbed features and is told apart."""
+    x, y = batch()
+    model = tiny()
+    reference = copy.deepcopy(model)
+    old = copy.deepcopy(model)
+    create_method(method_name, model, **opts).train()(x, y)
+    sites = [opts["nodes"]] if isinstance(opts["nodes"], str) else opts["nodes"]
+    want = official_step_statistics(reference, x, y, sites, opts["steps"], opts["alpha"], etas)
+    got = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    create_method(method_name, old, bn_order="clean_first", **opts).train()(x, y)
+    gap = max((old.state_dict()[key] - want[key]).abs().max().item() for key in want)
+    assert gap > 1e-2
 
 
 def test_loss_composition_hand_computed():
@@ -151,6 +219,25 @@ def test_granularity_maps_onto_the_stage_contract():
     assert [len(granularity_sites(resnet20, g)) for g in ("stage", "block", "layer")] == [3, 10, 19]
 
 
+def test_official_sites_are_the_official_l_alfa_list_on_resnet56():
+    """Issue 27, item 8: main_learnable.py perturbs the outputs of its flat layers [0:k] for k in
+    4, 8, 11, 14, 18, 21, 24, 28, 31 (4 = normalize, conv, BN, ReLU: the stem; then 27 blocks),
+    i.e. the stem and blocks 3, 6 | 9, 13, 16 | 19, 23, 26 counted from 0 over the three stages."""
+    resnet56 = create_model("resnet56", num_classes=10, width=4)
+    official = ["stem", "stage1.3", "stage1.6", "stage2.0", "stage2.4", "stage2.7"]
+    official += ["stage3.1", "stage3.5", "stage3.8"]
+    assert granularity_sites(resnet56, "official") == official
+    assert create_method("lalfa", resnet56).site_names == official  # the L-ALFA default
+    # the same relative depths elsewhere: round(d · 9 / 27) on ResNet-20's 10 nodes drops
+    # stage2.0 (node 4); ResNet-18 (9 nodes) gets them all
+    resnet20 = create_model("resnet20", num_classes=10, width=4)
+    assert granularity_sites(resnet20, "official") == [
+        n for n in resnet20.node_names if n != "stage2.0"
+    ]
+    resnet18 = create_model("resnet18", num_classes=10, width=8)
+    assert granularity_sites(resnet18, "official") == granularity_sites(resnet18, "block")
+
+
 def test_layer_sites_are_slots_that_change_nothing_until_a_perturbation_is_set():
     model = tiny().eval()
     x, _ = batch()
@@ -192,6 +279,8 @@ def test_bad_options_are_config_errors_that_say_what_is_valid():
         create_method("alfa", model, random_init=True)
     with pytest.raises(ConfigError, match="bn_mode"):
         create_method("alfa", model, bn_mode="keep-ish")
+    with pytest.raises(ConfigError, match="bn_order must be one of"):
+        create_method("alfa", model, bn_order="last")
     with pytest.raises(ConfigError, match="more than once"):
         create_method("alfa", model, nodes=["stage3", "stage3.0"])
     with pytest.raises(ConfigError, match="unknown option"):

@@ -7,10 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from robustfeat.config import make_config
 from robustfeat.errors import ConfigError
 from robustfeat.methods import create_method
 from robustfeat.methods.alfa import eta_history, plot_eta, project_hyperplane, project_simplex
 from robustfeat.models import create_model
+from robustfeat.train import build_optimizer, lr_factor, set_learning_rates
 
 
 def sort_projection(v: torch.Tensor) -> torch.Tensor:
@@ -81,15 +83,44 @@ def test_eta_stays_on_the_constraint_set_after_sgd_steps(constraint):
 
 def test_eta_has_its_own_parameter_group():
     method = create_method("lalfa", tiny(), eta_lr=0.02)
-    assert method.site_names == ["stage1.0", "stage2.0", "stage3.0"]  # default: one per stage
+    # default: the official sites by relative depth, every node of the 4-node test net
+    assert method.site_names == ["stem", "stage1.0", "stage2.0", "stage3.0"]
     model_group, eta_group = method.param_groups({"lr": 0.1, "weight_decay": 5e-4})
     assert eta_group["params"] == [method.eta]
     assert eta_group["lr"] == 0.02 and eta_group["weight_decay"] == 0.0
+    assert eta_group["fixed_lr"] and not model_group.get("fixed_lr")
     assert model_group["lr"] == 0.1 and model_group["weight_decay"] == 5e-4
     assert all(p is not method.eta for p in model_group["params"])
     assert len(model_group["params"]) == len(list(method.model.parameters()))
     base_lr = create_method("lalfa", tiny(), eta_lr=None).param_groups({"lr": 0.1})[1]
     assert base_lr["lr"] == 0.1
+
+
+@pytest.mark.parametrize("eta_schedule", [False, True])
+def test_eta_lr_stays_constant_under_the_trainer_schedule(eta_schedule):
+    """Issue 27, item 7: the official eta optimizer has a constant lr 0.01 (no warm-up, no
+    decay). Under paper-alfa's schedule (warm-up over the first 200 of 78200 steps, /10 at
+    epochs 50 and 150 of 200) the model's lr at step 0 is 0.1 / 200 = 5e-4 and after the
+    second decay 1e-3; eta keeps 0.01 (``eta_schedule=True``: scaled like the model's)."""
+    cfg = make_config(
+        {
+            "model": "test_cnn",
+            "data": "shapes",
+            "method": "lalfa",
+            "method_args": {"eta_schedule": eta_schedule},
+            "lr": 0.1,
+            "schedule": "multistep",
+            "milestones": [0.25, 0.75],
+            "warmup": 200 / 78200,
+        }
+    )
+    method = create_method("lalfa", tiny(), eta_schedule=eta_schedule)
+    optimizer = build_optimizer(method, cfg)
+    model_group, eta_group = optimizer.param_groups
+    for step, model_lr in [(0, 0.1 / 200), (78199, 0.1 / 100)]:
+        set_learning_rates(optimizer, lr_factor(step, 78200, cfg))
+        assert model_group["lr"] == pytest.approx(model_lr)
+        assert eta_group["lr"] == pytest.approx(model_lr / 10 if eta_schedule else 0.01)
 
 
 def test_eta_scales_the_perturbation_and_init_is_configurable():

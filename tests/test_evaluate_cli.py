@@ -72,3 +72,27 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert "unknown evaluation suite 'nope'" in capsys.readouterr().err
     assert main(["eval", str(run), "--shift", "bad", "--no-progress"]) == 2
     assert "NAME=SPEC" in capsys.readouterr().err
+
+
+def test_re_evaluating_a_run_keeps_what_its_training_recorded(tmp_path):
+    run = make_run(tmp_path)
+    trained = {
+        "schema": "robustfeat.results/1",
+        "run": {"method": "ce", "train_seconds": 123.5, "eval_seconds": 9.0},
+        "suite": "standard",
+        "clean": {"accuracy": 0.99, "n": 40},
+        "attacks": [{"label": "old", "accuracy": 0.5}],
+        "train": {"accuracy": 0.97, "n": 64},
+        "best_epoch": {"criterion": "pgd10", "epoch": 3},
+    }
+    io.write_json(run / "results.json", trained)
+    args = ["eval", str(run), "--suite", "quick", "--n", "8", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    results = json.loads((run / "results.json").read_text())
+    # the training facts stay ...
+    assert results["run"]["train_seconds"] == 123.5
+    assert results["train"] == trained["train"] and results["best_epoch"] == trained["best_epoch"]
+    # ... the evaluation is replaced
+    assert results["suite"] == "quick" and results["clean"]["accuracy"] != 0.99
+    assert [a["label"] for a in results["attacks"]] == ["fgsm", "pgd10"]
+    assert "eval_seconds" not in results["run"]

@@ -1,4 +1,6 @@
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -24,7 +26,8 @@ def test_truncated_file_is_a_checkpoint_error(tmp_path):
 
 
 def test_nan_weights_refused(tmp_path):
-    io.save_tensors(tmp_path / "w.safetensors", {"a": torch.tensor([1.0, float("nan")])})
+    nan = {"a": torch.tensor([1.0, float("nan")])}
+    io.save_tensors(tmp_path / "w.safetensors", nan, check_finite=False)  # written elsewhere
     with pytest.raises(CheckpointError, match="NaN"):
         io.load_tensors(tmp_path / "w.safetensors")
 
@@ -69,3 +72,15 @@ def test_optimizer_state_roundtrip():
     io.optimizer_from_tensors(opt2, tensors, rest)
     assert torch.equal(opt2.state[q]["momentum_buffer"], opt.state[p]["momentum_buffer"])
     assert opt2.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        io.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        io.save_tensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == mode

@@ -14,10 +14,11 @@ import yaml
 
 from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
-from robustfeat.report.build import build
+from robustfeat.report.build import build, papers_section
+from robustfeat.report.claims import claims_table, load_claims, threshold_verdict
 from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
-from robustfeat.report.spec import Metric, measure
+from robustfeat.report.spec import Metric, dataset_family, measure, train_seconds
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables import (
     LEGEND,
@@ -1217,3 +1218,152 @@ def test_step_profile_beside_perf_json_is_a_table_in_the_report_and_readme(tmp_p
     assert "Training step profile (ResNet-20 CE)" in built.readme_section
     (root / "step_profile.json").write_text(json.dumps({**STEP_PROFILE, "schema": "other/1"}))
     assert "Training step profile" not in build([root / "cpu"], plots=False).readme_section
+
+
+def test_cells_table_shows_train_fit_and_gap_without_improvement_markers(tmp_path):
+    root = tmp_path / "results"
+    for seed, (ce_test, ce_train, hnc_test, hnc_train) in enumerate(
+        [(0.80, 0.99, 0.90, 0.95), (0.82, 0.98, 0.91, 0.96)]
+    ):
+        ce = results(ce_test, seed=seed)
+        ce["train"] = {"accuracy": ce_train, "n": 50000}
+        hnc = results(hnc_test, method="hnc", seed=seed)
+        hnc["train"] = {"accuracy": hnc_train, "n": 50000}
+        write_run(root, "cpu", "ce", seed, ce)
+        write_run(root, "cpu", "hnc", seed, hnc)
+    table = cells_table(groups_of(root), load_spec())
+    assert table.header[4:7] == ["Clean", "Train", "Gap"]
+    ce, hnc = row_for(table, "cpu/ce"), row_for(table, "cpu/hnc")
+    assert ce["Train"] == "98.50 ± 0.71" and ce["Gap"] == "17.50 ± 2.12"  # gaps 19 and 16
+    # hnc's clean accuracy is marked against ce; its train fit and gap are descriptive
+    assert hnc["Clean"].endswith("▲")
+    assert hnc["Train"] == "95.50 ± 0.71" and hnc["Gap"] == "5.00 ± 0.00"
+    run = groups_of(root)[0].runs[0]
+    assert measure(run, Metric("train_gap")) == pytest.approx(0.19)
+
+
+# ------------------------------------------------------------------ the claims table
+CLAIMS_YAML = """
+budgets: ["10 epochs", converged]
+claims:
+  - paper: HNC
+    claim: "raises clean accuracy"
+    figure: "73.79 -> 75.00"
+    metric: {kind: clean}
+    at:
+      "10 epochs": {recipe: cpu, cell: hnc_mse, reference: ce}
+      converged: {recipe: cpu-converged, cell: hnc_mse, reference: ce}
+  - paper: TENET
+    claim: "lowers mCE"
+    figure: "29.88 -> 26.46"
+    metric: {kind: mce}
+    at:
+      converged: {recipe: cpu-converged, cell: tenet, reference: ce}
+  - paper: ALFA
+    claim: "eta on the last block"
+    figure: "Fig. 4"
+    metric: {kind: eta_last}
+    threshold: 0.5
+    at:
+      converged: {recipe: cpu-converged, cell: lalfa}
+"""
+
+
+def test_claims_table_compares_each_budget_and_reads_the_verdict_from_the_last(tmp_path):
+    root = tmp_path / "results"
+    for seed in (0, 1, 2):
+        # 10 epochs: hnc_mse within ce's spread; converged: above it by more than the spread
+        write_run(root, "cpu", "ce", seed, results(0.80 + 0.01 * seed, seed=seed))
+        write_run(root, "cpu", "hnc_mse", seed, results(0.81 + 0.01 * seed, seed=seed))
+        write_run(root, "cpu-converged", "ce", seed, results(0.70 + 0.01 * seed, mce=0.30))
+        write_run(root, "cpu-converged", "hnc_mse", seed, results(0.75 + 0.01 * seed))
+    for seed, eta in enumerate((0.9, 0.8)):
+        epochs = [{"epoch": 1, "train_seconds": 1.0, "eta": {"s1": 1 - eta, "s3": eta}}]
+        write_run(root, "cpu-converged", "lalfa", seed, results(0.7, seed=seed), epochs)
+    (tmp_path / "claims.yaml").write_text(CLAIMS_YAML)
+    table = claims_table(load_claims(tmp_path / "claims.yaml"), groups_of(root))
+    assert table is not None
+    hnc, tenet, lalfa = (dict(zip(table.header, r, strict=True)) for r in table.rows)
+    assert hnc["Ours, 10 epochs"] == "81.00 ± 1.00 (n=3) → 82.00 ± 1.00 (n=3) ≈"
+    assert hnc["Ours, converged"] == "71.00 ± 1.00 (n=3) → 76.00 ± 1.00 (n=3) ▲"
+    assert hnc["Verdict (converged)"] == "reproduces"
+    # tenet was never run; its reference was
+    assert tenet["Ours, 10 epochs"] == "not run yet" == tenet["Verdict (converged)"]
+    # η 0.85 ± 0.07: above 0.5 beyond the spread
+    assert lalfa["Ours, converged"] == "0.850 ± 0.071 (n=2); above 0.5?"
+    assert lalfa["Verdict (converged)"] == "reproduces"
+
+
+def test_threshold_verdicts_need_two_seeds_and_a_margin_beyond_the_spread():
+    assert threshold_verdict(Stat(0.9, 0.1, 3), 0.5) == "reproduces"
+    assert threshold_verdict(Stat(0.55, 0.1, 3), 0.5) == "does not (within the seeds' spread)"
+    assert threshold_verdict(Stat(0.2, 0.1, 3), 0.5) == "does not (below)"
+    assert threshold_verdict(Stat(0.9, None, 1), 0.5) == "inconclusive (one seed)"
+
+
+def test_claims_table_is_left_out_when_nothing_was_measured(tree):
+    assert claims_table(load_claims(), groups_of(tree)[:0]) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["claims"][0]["at"]["converged"].pop("reference"), "needs a `reference`"),
+        (lambda c: c["claims"][2].update(threshold="high"), "threshold must be a number"),
+        (lambda c: c["claims"][2]["at"]["converged"].update(reference="ce"), "no `reference`"),
+        (lambda c: c["claims"][0]["at"].update(later={}), "maps budgets"),
+        (lambda c: c["claims"][0]["metric"].update(kind="speed"), "unknown metric kind"),
+    ],
+)
+def test_claims_errors_say_what_is_wrong(tmp_path, change, message):
+    data = yaml.safe_load(CLAIMS_YAML)
+    change(data)
+    (tmp_path / "claims.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_claims(tmp_path / "claims.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "family"),
+    [
+        ("zip:../shared/data/cifar10-jpeg.zip", "cifar10"),
+        ("cifar100", "cifar100"),
+        ("folder:/home/me/CIFAR-10", "cifar10"),
+        ("folder:/home/me/leaves", None),
+        ("shapes", None),
+        ("folder:/data/cifar1000", None),
+    ],
+)
+def test_dataset_family_from_the_data_spec(data, family):
+    assert dataset_family(data) == family
+
+
+def test_paper_tables_take_only_runs_on_the_papers_datasets(tmp_path):
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        own = results(0.9, seed=seed)
+        own["run"]["data"] = "folder:/home/me/leaves"
+        write_run(root, "mine", "ce", seed, own)
+        write_run(root, "mine", "hnc_mse", seed, {**own, "run": {**own["run"], "method": "hnc"}})
+    spec = load_spec()
+    groups = groups_of(root)
+    assert not any(t.takes(g) for t in spec.tables for g in groups)
+    section = papers_section(spec, groups)
+    assert section.tables == [] and "No run fills (left out): TENET" in section.paragraphs[1]
+    # the same runs on CIFAR-10 fill the TENET and HNC tables, and only those left out are named
+    for run in (r for g in groups for r in g.runs):
+        run.results["run"]["data"] = "cifar10"
+    section = papers_section(spec, groups)
+    assert {t.id for t in section.tables} >= {"tenet", "hnc"}
+    assert "TENET" not in section.paragraphs[1]
+
+
+def test_training_time_falls_back_to_the_runs_metrics_log(tmp_path):
+    root = tmp_path / "results"
+    data = results(0.8)
+    del data["run"]["train_seconds"]  # a run re-evaluated by an older version
+    epochs = [{"epoch": e, "train_seconds": 30.0 * e} for e in (1, 2, 3)]
+    write_run(root, "cpu", "ce", 0, data, epochs)
+    (run,) = groups_of(root)[0].runs
+    assert train_seconds(run) == 90.0
+    assert measure(run, Metric("train_s_per_epoch")) == pytest.approx(90.0 / 3)  # 3 logged epochs

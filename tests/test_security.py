@@ -1,6 +1,7 @@
 """Files from strangers: pickles are refused unread, YAML cannot build objects, config strings are
 never evaluated, and names from configs cannot write outside the output directory. A scan of
-src/ keeps future code from loading pickles, evaluating strings or loading YAML unsafely."""
+src/ keeps future code from loading pickles, evaluating strings or loading YAML unsafely (or
+with unbounded alias expansion: only robustfeat.config's bounded loader)."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ UNSAFE_MODULES = {
     "joblib",
 }
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
-SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader"}
+SAFE_YAML_LOADERS = {"_BoundedLoader"}  # robustfeat.config's: safe, alias expansion bounded
 
 
 def _dotted(node: ast.AST) -> str:
@@ -239,6 +240,8 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
                 found.append(f"{where} np.load with allow_pickle")
             elif name in ("yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all"):
                 found.append(f"{where} {name}")
+            elif name in ("yaml.safe_load", "yaml.safe_load_all"):  # aliases expand unbounded
+                found.append(f"{where} {name} (use robustfeat.config.yaml_document)")
             elif name in ("yaml.load", "yaml.load_all") and (
                 loader is None or _dotted(loader).split(".")[-1] not in SAFE_YAML_LOADERS
             ):
@@ -274,6 +277,8 @@ def test_src_has_no_unsafe_loading_or_evaluation():
         "yaml.load(text, yaml.Loader)",
         "yaml.unsafe_load(text)",
         "yaml.full_load(text)",
+        "yaml.safe_load(text)",
+        "yaml.load(text, Loader=yaml.SafeLoader)",
         "eval(cfg['lr'])",
         "exec(code)",
         "__import__(name)",
@@ -289,9 +294,7 @@ def test_the_scan_catches_each_unsafe_pattern(snippet):
     "snippet",
     [
         "torch.load(path, weights_only=True)",
-        "yaml.safe_load(text)",
-        "yaml.load(text, Loader=yaml.SafeLoader)",
-        "yaml.load(text, yaml.CSafeLoader)",
+        "yaml.load(text, Loader=_BoundedLoader)",
         "np.load(path, allow_pickle=False)",
         "np.load(path)",
         "model.eval()",

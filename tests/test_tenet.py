@@ -3,6 +3,7 @@ against the per-sample reference loop, the schedule, the variants and the step c
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 from pathlib import Path
@@ -70,11 +71,31 @@ def test_snap_centres_mean_ties_distinctness_and_empty_groups() -> None:
     x = channels_1d([0.0, 3.0, 10.0])
     snapped = snap_centres(x, x.square().sum(2), torch.tensor([[1, 0]]), torch.tensor([[1, 0, 1]]))
     assert snapped.tolist() == [[1, 0]]
-    # everything in group 0 (mean 3. -> channel 2 = 2.); group 1 is empty and keeps its centre,
-    # channel 2, which group 0 just took -> the nearest free channel to 2., channel 1
+
+
+def test_an_empty_group_moves_to_the_lowest_free_channel_as_official() -> None:
+    """Issue 27, item 3: the official mean of an empty group is NaN and NumPy's argmin of the
+    all-NaN distances returns the first channel not taken by a lower-numbered group."""
     x = channels_1d([0.0, 1.0, 2.0, 9.0])
-    snapped = snap_centres(x, x.square().sum(2), torch.tensor([[0, 2]]), torch.zeros(1, 4).long())
-    assert snapped.tolist() == [[2, 1]]
+    sq = x.square().sum(2)
+    # everything in group 0 (mean 3. -> channel 2 = 2.); group 1 is empty -> channel 0 (it was
+    # at channel 3, free: keeping it would give [2, 3])
+    snapped = snap_centres(x, sq, torch.tensor([[0, 3]]), torch.zeros(1, 4).long())
+    assert snapped.tolist() == [[2, 0]]
+    # group 0 = {0., 1., 2.} (mean 1. -> channel 1), group 1 = {9.} (channel 3), group 2 empty:
+    # channel 0, the lowest one free (keeping its centre 3, taken, would give the nearest, 2)
+    snapped = snap_centres(x, sq, torch.tensor([[0, 1, 3]]), torch.tensor([[0, 0, 0, 1]]))
+    assert snapped.tolist() == [[1, 3, 0]]
+
+
+def test_grouping_returns_the_last_assignment_step_as_official() -> None:
+    """Issue 27, item 4: stopped by max_iter, the official code returns the groups of the centres
+    before the last update. Centres 0. and 1.: groups {0.} and {1., 2., 10., 11., 12.}, whose
+    mean 7.2 snaps to 10.; the groups of the new centres would be {0., 1., 2.}, {10., 11., 12.}."""
+    x = channels_1d([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
+    assign, centres = channel_grouping(x, torch.tensor([[0, 1]]), max_iter=1)
+    assert centres.tolist() == [[0, 3]]
+    assert assign.tolist() == [[0, 1, 1, 1, 1, 1]]
 
 
 def test_cfg_recovers_an_obvious_grouping() -> None:
@@ -138,10 +159,34 @@ def test_group_importance_and_group_maps_hand_case() -> None:
     weights = torch.tensor([[1.0, 2.0, -4.0]])
     assign = torch.tensor([[0, 0, 1]])
     maps = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]]])
-    torch.testing.assert_close(group_importance(weights, assign, 2), torch.tensor([[1.5, -4.0]]))
-    # m_0 = (1·[1, 0] + 2·[0, 1]) / 2, m_1 = -4·[2, 3]
-    expected = torch.tensor([[[0.5, 1.0], [-8.0, -12.0]]])
+    # sums over the group (official), an empty third group gives 0
+    torch.testing.assert_close(
+        group_importance(weights, assign, 3), torch.tensor([[3.0, -4.0, 0.0]])
+    )
+    # m_0 = 1·[1, 0] + 2·[0, 1], m_1 = -4·[2, 3]
+    expected = torch.tensor([[[1.0, 2.0], [-8.0, -12.0]]])
     torch.testing.assert_close(group_maps(maps, weights, assign, 2), expected)
+
+
+def test_masks_of_tiny_gradients_stay_away_from_half_as_official() -> None:
+    """Issue 27, item 1: m_l is the *sum* of w_j·a_j over the group (official), z-scored with a
+    fixed 1e-8. One group of 85 channels, each a_j = [0, 1, 2, 3] and w_j = 1e-8: m = 85e-8 ·
+    [0, 1, 2, 3], std = 85e-8 · sqrt(1.25), so z_0 = -1.5 · 85e-8 / (85e-8 · sqrt(1.25) + 1e-8)
+    = -1.3277 and the first mask is 1 / (1 + e^z_0) = 0.7905 (the group mean would give
+    z_0 = -0.7082, mask 0.6700)."""
+    method = tiny(inhibition="group")
+    channels = 85
+    maps = torch.tensor([0.0, 1.0, 2.0, 3.0]).expand(1, channels, 4)
+    grad = torch.full((1, channels, 2, 2), 1e-8)
+    assign = torch.zeros(1, channels, dtype=torch.long)
+    masks = method.inhibition_masks(maps, grad, assign, 2)
+    scale = channels * 1e-8
+    z = (torch.tensor([0.0, 1.0, 2.0, 3.0]) - 1.5) * scale / (scale * math.sqrt(1.25) + 1e-8)
+    expected = 1 / (1 + torch.exp(z))
+    assert expected[0].item() == pytest.approx(0.7905, abs=1e-4)
+    torch.testing.assert_close(masks[0], expected.expand(channels, 4), rtol=1e-5, atol=1e-6)
+    # mean distance from 0.5: 0.1997 (the group mean: 0.1144)
+    assert (masks - 0.5).abs().mean() > 0.19
 
 
 # ----------------------------------------------------------------------------- RRF
@@ -235,7 +280,7 @@ def test_loss_is_the_sum_of_its_parts_and_the_mask_has_no_gradient() -> None:
 
 
 def test_instance_wise_inhibited_loss_matches_a_hand_built_grad_cam_mask() -> None:
-    method = tiny(inhibition="instance", correct_only=False).train()
+    method = tiny(inhibition="instance", correct_only=False, features="train").train()
     x, y = batch()
     out = method(x, y)
     model = method.model
@@ -259,7 +304,13 @@ def test_instance_wise_inhibited_loss_matches_a_hand_built_grad_cam_mask() -> No
 def test_variants_give_their_mask_shapes() -> None:
     x, y = batch()
     for opts, check in (
-        ({"inhibition": "channel"}, lambda m, a: True),
+        (
+            {"inhibition": "channel"},  # each channel its own group, masks differ by channel
+            lambda m, a: (
+                torch.equal(a, torch.arange(a.shape[1]).expand_as(a))
+                and not torch.equal(m, m[:, :1].expand_as(m))
+            ),
+        ),
         ({"inhibition": "instance"}, lambda m, a: torch.equal(m[:, :1].expand_as(m), m)),
         ({"mask": "binary"}, lambda m, a: set(m.unique().tolist()) <= {0.0, 1.0}),
         (
@@ -305,7 +356,7 @@ def test_schedule_start_every_and_steps_survive_a_state_dict_round_trip() -> Non
     for _ in range(7):
         active.append(int(method(x, y)["tenet_active"]))
         method.after_step()
-    assert active == [0, 0, 1, 0, 1, 0, 1]
+    assert active == [0, 1, 0, 1, 0, 1, 0]  # 1-based steps 2, 4, 6
     fresh = tiny(start_step=2, every=2, correct_only=False)
     fresh.load_state_dict(method.state_dict())
     assert int(fresh.steps_done) == 7
@@ -325,6 +376,51 @@ def test_correct_only_uses_the_correctly_classified_samples() -> None:
     mixed = torch.where(torch.arange(8) < 3, pred, wrong)
     out = method(x, mixed)
     assert out["tenet_used"].item() == pytest.approx(3 / 8)
+
+
+def test_default_schedule_is_the_official_steps_501_504() -> None:
+    """Issue 27, item 5: official TENET steps are the 1-based iterations >= 500 divisible by 3."""
+    method = create_method("tenet", create_model("test_cnn", num_classes=5)).train()
+    fired = []
+    for done in range(495, 508):  # steps done before the step: it is step done + 1
+        method.steps_done.fill_(done)
+        if method.active():
+            fired.append(done + 1)
+    assert fired == [501, 504, 507]
+
+
+def test_default_masks_come_from_eval_mode_features_as_official() -> None:
+    """Issue 27, item 2: by default A for the grouping, the gradient and the masks is recomputed
+    in eval mode (official) after the training forward; the masks multiply the training A."""
+    method = tiny(inhibition="channel", correct_only=False).train()
+    assert method.features == "eval"
+    reference = copy.deepcopy(method.model)
+    x, y = batch()
+    out = method(x, y)
+
+    def inhibited_loss(feats: torch.Tensor, source: torch.Tensor, pred: torch.Tensor):
+        reference.eval()
+        a = source.detach().requires_grad_(True)
+        torch.sigmoid(reference.run_from("stage2", a).gather(1, pred[:, None])).sum().backward()
+        reference.train()
+        w = a.grad.mean(dim=(2, 3))
+        m = (w[:, :, None, None] * source).flatten(2)  # channel-wise: one channel a group
+        z = (m - m.mean(2, keepdim=True)) / (m.std(2, unbiased=False, keepdim=True) + 1e-8)
+        mask = torch.where(w[:, :, None] > 0, 1 / (1 + torch.exp(z)), torch.ones_like(z))
+        with torch.no_grad():
+            return F.cross_entropy(reference.run_from("stage2", feats * mask.view_as(feats)), y)
+
+    feats = reference.forward_features(x, nodes=["stage2"])["stage2"]  # the training forward
+    pred = reference.run_from("stage2", feats).argmax(1)
+    feats = feats.detach()
+    with torch.no_grad():
+        reference.eval()
+        eval_feats = reference.forward_features(x, nodes=["stage2"])["stage2"]
+        reference.train()
+    torch.testing.assert_close(out["loss_inhibit"], inhibited_loss(feats, eval_feats, pred))
+    # the train-mode A (features="train") gives another loss: the check can tell them apart
+    other = inhibited_loss(feats, feats, pred)
+    assert (out["loss_inhibit"] - other).abs() > 1e-3
 
 
 @pytest.mark.parametrize("features", ["train", "eval"])
@@ -370,11 +466,21 @@ def test_trains_in_the_trainer_with_tenet_active(tmp_path) -> None:
             "log_every": 1,
         }
     )
-    results = train(cfg, tmp_path / "run", data=data)
-    assert results["clean"]["accuracy"] >= 0
+    train(cfg, tmp_path / "run", data=data)
     import json
 
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    epoch = [r for r in records if "img_per_s" in r]
-    assert epoch[-1]["tenet_active"] == pytest.approx(0.5)  # steps 5..8: 6 and 8 active
-    assert epoch[-1]["loss_inhibit"] > 0
+    steps = [r for r in records if "img_per_s" not in r]  # running means within each epoch
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    # each step's own tenet_active, from the running means: steps 2, 4, 6, 8 (t % 2 == 0)
+    active = []
+    for r in steps:
+        k = (r["step"] - 1) % 4 + 1  # the step's index within its epoch of 4
+        before = active[-(k - 1) :] if k > 1 else []
+        active.append(round(k * r["tenet_active"] - sum(before)))
+    assert active == [0, 1, 0, 1, 0, 1, 0, 1]
+    for r in steps:  # Eq. 9 with the defaults α = 0.1, μ = 1e-3, in every logged mean
+        assert r["loss"] == pytest.approx(
+            r["loss_ce"] + 0.1 * r["loss_inhibit"] + 1e-3 * r["loss_orth"], rel=1e-5
+        )
+        assert (r["loss_inhibit"] > 0) == (r["tenet_active"] > 0)

@@ -101,8 +101,8 @@ def test_same_seed_gives_identical_weights(tmp_path, tiny_data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+def _cli(args, extra_env=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "robustfeat", *args], env=env, **kw)
 
 
@@ -140,8 +140,9 @@ def test_kill9_and_resume_gives_bit_identical_weights(tmp_path):
     reference = load_tensors(tmp_path / "ref" / "weights.safetensors")
     run = tmp_path / "killed"
     for kill_after_step in (2, 20):  # first checkpoint; then mid-way through the second epoch
+        resume = ["--resume"] if run.exists() else []  # --resume needs a run to continue
         proc = _cli(
-            [*TRAIN_ARGS, "-o", str(run), "--resume"],
+            [*TRAIN_ARGS, "-o", str(run), *resume],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -289,3 +290,24 @@ def test_adaptive_selection_is_the_worst_case_over_the_methods_attack_losses(
     assert sorted(survivors) == sorted(["ce", *losses])
     worst = torch.stack(list(survivors.values())).all(0).float().mean().item()
     assert adaptive == pytest.approx(worst) and adaptive <= plain
+
+
+def test_resume_takes_the_runs_settings_and_flags_may_only_repeat_them(tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = _cli(
+        [*TRAIN_ARGS, "-o", str(run)],
+        extra_env={"ROBUSTFEAT_FAULT": "checkpoint_pointer:2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.wait(timeout=300) == -signal.SIGKILL  # killed after its first checkpoint
+    saved = (run / "config.yaml").read_text()
+    # a flag that contradicts the run is refused, one line, nothing changed
+    assert main(["train", "--resume", "-o", str(run), "--lr", "0.5", "--no-progress"]) == 2
+    assert "lr 0.05 -> 0.5" in capsys.readouterr().err
+    # --resume alone: every setting from the run's config.yaml (resnet20 width 4 on 512 shapes)
+    assert main(["train", "--resume", "-o", str(run), "--no-progress"]) == 0
+    assert (run / "config.yaml").read_text() == saved
+    results = json.loads((run / "results.json").read_text())
+    assert results["run"]["config"]["model_args"] == {"width": 4}
+    assert results["clean"]["n"] == 64

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import RobustfeatError
 
 EXIT_USAGE = 2
+MAX_ERROR_CHARS = 2000
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -71,10 +72,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """The config of the command line; ``saved``: a resumed run's config, under the flags."""
     from .config import load_recipe, make_config, parse_assignments
 
-    layers: list[dict[str, Any]] = []
+    layers: list[dict[str, Any]] = [saved] if saved else []
     if args.config:
         layers.append(load_recipe(args.config))
     flags = {
@@ -124,8 +126,16 @@ def default_out(cfg: Any) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = config_from_args(args)
+    saved = None
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        from .runs import read_run_config
+
+        # --resume RUN takes the run's settings; flags given again must repeat them
+        saved = read_run_config(args.out).to_dict()
+    cfg = config_from_args(args, saved)
     out = Path(args.out) if args.out else default_out(cfg)
+    if args.resume and not out.is_dir():
+        raise RobustfeatError(f"--resume: {out} does not exist; drop --resume to start a new run")
     results = train(cfg, out, resume=args.resume)
     if results:
         print(f"clean accuracy {results['clean']['accuracy']:.4f}  run: {out}")
@@ -178,9 +188,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import io
     from .data import load_dataset
-    from .evaluate import evaluate, print_summary
-    from .runs import default_shift_sets, load_run, read_run_config, run_info
+    from .evaluate import evaluate, keep_training_record, print_summary
+    from .runs import check_data_fits, default_shift_sets, load_run, read_run_config, run_info
     from .train import resolve_device
 
     cfg = read_run_config(args.run_dir)
@@ -194,6 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shift[name] = load_dataset(shift_spec, "test")
     if spec == cfg.data:
         shift.update(default_shift_sets(cfg, len(test)))
+    check_data_fits(args.run_dir, test)
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )
@@ -211,8 +223,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         n_corruptions=args.n_corruptions,
         shift=shift or None,
         progress=not args.no_progress,
-        out=out,
     )
+    if out.is_file():  # re-evaluating a run keeps what its training recorded
+        results = keep_training_record(io.read_json(out), results)
+    io.write_json(out, results)
     print_summary(results)
     print(f"results: {out}")
     return 0
@@ -221,16 +235,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ channels
 def run_test_split(cfg: Any, spec: str) -> Any:
     """The test split of ``spec`` (a run's data, or another dataset given with --data)."""
-    from .data import load_dataset
+    from .data import evaluation_split, load_dataset
 
-    # the run's dataset options belong to its dataset, not to one given with --data
-    return load_dataset(spec, "test", **(cfg.data_args if spec == cfg.data else {}))
+    if spec != cfg.data:  # the run's dataset options belong to its dataset only
+        return load_dataset(spec, "test")
+    # a run's own data: a folder without train/ and test/ gives the part training held out
+    return evaluation_split(
+        spec, test_fraction=cfg.test_fraction, seed=cfg.data_seed, **cfg.data_args
+    )
 
 
 def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
     """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
     output is written."""
-    from .runs import load_run, read_run_config
+    from .runs import check_data_fits, load_run, read_run_config
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -238,6 +256,7 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     for run_dir in args.run_dirs:
         cfg = read_run_config(run_dir)
         test = run_test_split(cfg, args.data or cfg.data)
+        check_data_fits(run_dir, test)
         method = load_run(run_dir, num_classes=test.num_classes, device=device)
         runs.append((run_label(run_dir), method, test))
     labels = [label for label, _, _ in runs]
@@ -312,11 +331,13 @@ def cmd_cams(args: argparse.Namespace) -> int:
 
     from . import io
     from .errors import check
+    from .interpret.cam import small_class_map_warning
     from .interpret.metrics import cam_peakiness
     from .interpret.plots import save_cam_figure
 
     out = Path(args.out)
     check(args.n >= 1, f"--n must be >= 1, got {args.n}")
+    check(args.n_metric >= 1, f"--n-metric must be >= 1, got {args.n_metric}")
     runs = load_runs_for_figures(args)
     for label, _, test in runs:
         check(
@@ -326,6 +347,8 @@ def cmd_cams(args: argparse.Namespace) -> int:
         )
     figures, numbers = [], {}
     for label, method, test in runs:
+        for line in small_class_map_warning(method.eval_model(), test.image_shape, label):
+            print(f"warning: {line}", file=sys.stderr)
         # the same images for every run: a fixed seeded choice from the test split
         count = min(args.n, len(test))
         index = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
@@ -439,6 +462,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         figures=args.figures,
         perf=args.perf,
         tables=args.tables,
+        claims=args.claims,
         command=command,
     )
     from .report.tables import count
@@ -477,6 +501,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tables",
         help="paper tables + cell -> row mapping YAML (default: the packaged paper_values.yaml)",
+    )
+    p.add_argument(
+        "--claims",
+        help="the papers' claims and where each is measured (default: the packaged claims.yaml)",
     )
 
 
@@ -590,7 +618,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except RobustfeatError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"robustfeat: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
+        message = "; ".join(lines)  # always one line, of bounded length (values quoted in it
+        if len(message) > MAX_ERROR_CHARS:  # can be any size)
+            message = message[: MAX_ERROR_CHARS - 3] + "..."
+        print(f"robustfeat: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("robustfeat: interrupted", file=sys.stderr)

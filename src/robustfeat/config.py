@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class TrainConfig:
     label_noise: float = 0.0
     label_noise_type: str = "symmetric"
     val_fraction: float = 0.0
+    # a folder without train/ and test/: the stratified share of it held out as the test split
+    test_fraction: float = 0.2
     crop_padding: int = 4
     padding_mode: str = "reflect"
     flip: bool = True
@@ -106,18 +109,26 @@ class TrainConfig:
         _range("epochs", self.epochs, 1)
         _range("batch_size", self.batch_size, 1)
         _range("lr", self.lr, 0.0, strict=True)
+        _range("momentum", self.momentum, 0.0, 1.0)
         _range("weight_decay", self.weight_decay, 0.0)
+        _range("gamma", self.gamma, 0.0, strict=True)
         _range("crop_padding", self.crop_padding, 0)
         _range("log_every", self.log_every, 1)
         _range("warmup", self.warmup, 0.0, 1.0)
         _range("label_noise", self.label_noise, 0.0, 1.0)
         _range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _range("test_fraction", self.test_fraction, 0.0, 0.9, strict=True)
         if self.steps is not None:
             _range("steps", self.steps, 1)
         if self.samples_per_class is not None:
             _range("samples_per_class", self.samples_per_class, 1)
         if self.checkpoint_every is not None:
             _range("checkpoint_every", self.checkpoint_every, 1)
+        # the evaluation after training, checked before it (eval_n_aa 0: no AutoAttack)
+        if self.eval_n is not None:
+            _range("eval_n", self.eval_n, 1)
+        if self.eval_n_aa is not None:
+            _range("eval_n_aa", self.eval_n_aa, 0)
         if sorted(self.milestones) != self.milestones or not all(
             0 < m < 1 for m in self.milestones
         ):
@@ -142,17 +153,66 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return where + " ".join(problem.split())
 
 
+MAX_YAML_BYTES = 16 * 2**20  # a config, recipe or index file; checked before reading
+MAX_YAML_NODES = 100_000  # nodes after alias expansion ("billion laughs": ~10^9 from 500 bytes)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing documents whose aliases expand past ``MAX_YAML_NODES``
+    (counted on the composed node graph, shared nodes once per reference, before any Python
+    object is built)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size(node, {})
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    if id(node) not in memo:
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
+        if memo[id(node)] > MAX_YAML_NODES:
+            raise yaml.YAMLError(
+                f"its aliases expand to more than {MAX_YAML_NODES} values (refused unexpanded)"
+            )
+    return memo[id(node)]
+
+
+def yaml_document(text: str, where: str) -> Any:
+    """``text`` parsed with the bounded safe loader; any problem is a ConfigError
+    ``<where>: <problem, one line>``."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: {yaml_problem(err)}") from err
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def read_yaml_document(path: Path) -> Any:
+    """A YAML file of at most ``MAX_YAML_BYTES`` (checked before reading), bounded-loaded."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path} is {size} bytes; YAML files over {MAX_YAML_BYTES} refused")
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text") from err
+    return yaml_document(text, f"{path} is not valid YAML")
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from err
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    data = read_yaml_document(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     return data
@@ -207,12 +267,7 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} must look like key=value, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(
-                f"cannot parse value of {what} {item!r}: {yaml_problem(err)}"
-            ) from err
+        out[key.strip()] = yaml_document(value, f"cannot parse value of {what} {item!r}")
     return out
 
 
@@ -314,7 +369,7 @@ def _range(
     name: str, value: float, low: float, high: float | None = None, strict: bool = False
 ) -> None:
     bad = value <= low if strict else value < low
-    if bad or (high is not None and value > high):
+    if bad or (high is not None and value > high) or not math.isfinite(value):
         bound = f"> {low}" if strict else f">= {low}"
         bound += f" and <= {high}" if high is not None else ""
         raise ConfigError(f"config {name!r} must be {bound}, got {value}")

@@ -60,7 +60,7 @@ def run_demo(
         cfg = make_config(recipe, cell.config_layer(seed), layer)
         console.rule(f"[bold]{cell.name}")
         start = time.perf_counter()
-        results = train(cfg, out / cell.name, data=data)
+        results = train(cfg, out / cell.name, resume=True, data=data)  # a rerun continues
         rows.append(
             {
                 "method": cell.name,

@@ -18,6 +18,8 @@ common corruptions; distribution-shift sets. Results schema (keys beyond these m
      "checks": {"eps_sweep": [...], "gradients": {...}, "outputs": {...}},
      "corruptions": {"source", "mce", "per_corruption": {name: [5 errors]}, ...},
      "shift": {name: {"accuracy", "n", "drop"}},
+     "train": {"accuracy", "n", "seconds", + with label noise: "accuracy_true_labels",
+               "mislabelled", "memorised"}   (written by the trainer: ``train_fit``),
      "flags": [{"name", "detail", "values"}], "seconds": total}
 """
 
@@ -71,6 +73,47 @@ def predict(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> t
 def clean_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> float:
     logits = predict(model, dataset, batch_size)
     return fraction(logits.argmax(1) == dataset.labels)
+
+
+# what the trainer records in results.json beside the evaluation: re-evaluating keeps it
+TRAINING_KEYS = ("train", "best_epoch")
+RUN_TRAINING_KEYS = ("train_seconds",)
+
+
+def keep_training_record(previous: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``evaluation`` (a new results dict) with the training facts of the run's ``previous``
+    results kept: its train fit, best-epoch selection and training time. The evaluation's own
+    sections (clean, attacks, corruptions, ...) replace the old ones."""
+    merged = {**evaluation}
+    for key in TRAINING_KEYS:
+        if key in previous and key not in merged:
+            merged[key] = previous[key]
+    old_run = previous.get("run") if isinstance(previous.get("run"), dict) else {}
+    kept = {k: old_run[k] for k in RUN_TRAINING_KEYS if k in old_run}
+    merged["run"] = {**kept, **(evaluation.get("run") or {})}
+    return merged
+
+
+def train_fit(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> dict[str, Any]:
+    """How well the model fits its training set: accuracy in eval mode on the un-augmented
+    training images against the labels it was trained on (``accuracy``).
+
+    With injected label noise (``train.clean_labels``) also: ``accuracy_true_labels`` (against
+    the clean labels), ``mislabelled`` (the fraction of wrong training labels) and ``memorised``
+    (of the mislabelled images, the fraction predicted as their wrong label). A network that has
+    memorised the noise has ``accuracy`` above ``1 - mislabelled``.
+    """
+    start = time.perf_counter()
+    predicted = predict(model, train, batch_size).argmax(1)
+    fit: dict[str, Any] = {"accuracy": fraction(predicted == train.labels), "n": len(train)}
+    clean = train.clean_labels
+    if clean is not None:
+        wrong = train.labels != clean
+        fit["accuracy_true_labels"] = fraction(predicted == clean)
+        fit["mislabelled"] = fraction(wrong)
+        fit["memorised"] = fraction(predicted[wrong] == train.labels[wrong])
+    fit["seconds"] = time.perf_counter() - start
+    return fit
 
 
 # ------------------------------------------------------------------ metrics from logits
@@ -201,12 +244,20 @@ class Evaluation:
         default_factory=dict
     )  # label -> top-1 (prefix)
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    clean_correct: torch.Tensor | None = None  # top-1 on clean images vs the targets, test order
+
+    def permutation(self) -> torch.Tensor:
+        """The fixed seeded order of the test set whose prefixes the attacks run on."""
+        return torch.randperm(len(self.test), generator=torch.Generator().manual_seed(self.seed))
+
+    def clean_on_subset(self, size: int) -> torch.Tensor:
+        """Clean top-1 correctness on the first ``size`` samples of the permutation."""
+        assert self.clean_correct is not None
+        return self.clean_correct[self.permutation()[:size]]
 
     def subset(self, size: int, targets: torch.Tensor) -> ImageDataset:
         """The first ``size`` samples of the fixed permutation, labelled with the attack targets."""
-        perm = torch.randperm(len(self.test), generator=torch.Generator().manual_seed(self.seed))[
-            :size
-        ]
+        perm = self.permutation()[:size]
         sub = self.test.subset(perm)
         return dataclasses.replace(sub, labels=targets[perm])
 
@@ -284,6 +335,11 @@ def evaluate(
     model = as_eval_model(method_or_model)
     method = method_or_model if isinstance(method_or_model, Method) else None
     n_eff = min(len(test), n if n is not None else (spec.n or len(test)))
+    if n_eff == 0 and (spec.attacks or spec.adaptive):
+        raise ConfigError(
+            f"n=0 attacks no image, so suite {spec.name!r} would report no robust accuracy; "
+            "use n >= 1, or the clean suite for clean accuracy alone"
+        )
     n_aa_eff = min(n_eff, n_aa if n_aa is not None else spec.n_aa)
     ev = Evaluation(
         model, method, test, spec, n_eff, n_aa_eff, batch_size, seed, Progress(progress)
@@ -304,6 +360,7 @@ def evaluate(
         "seconds": time.perf_counter() - t0,
     }
     targets = logits.argmax(1) if spec.labels == "predicted" else test.labels
+    ev.clean_correct = logits.argmax(1) == targets
     results["labels"] = spec.labels
 
     # ---- attacks on the fixed subsets
@@ -381,8 +438,10 @@ def evaluate(
 
 def _worst_case(ev: Evaluation, results: dict[str, Any]) -> dict[str, Any]:
     """Per-sample minimum over the attacks of the suite's main threat model (the norm and eps of
-    its first attack); headline on the samples every such attack ran on (the AutoAttack subset
-    when it ran), plus the larger subset without the slow attacks."""
+    its first attack) and the clean prediction (a sample counts as robust only if it is also
+    classified right unattacked, so the worst case never exceeds clean accuracy on the same
+    samples, ``clean_accuracy``); headline on the samples every such attack ran on (the
+    AutoAttack subset when it ran), plus the larger subset without the slow attacks."""
     if not ev.records:
         clean = results["clean"]
         return {"accuracy": clean["accuracy"], "n": clean["n"], "attack": "clean"}
@@ -393,15 +452,19 @@ def _worst_case(ev: Evaluation, results: dict[str, Any]) -> dict[str, Any]:
         if (r["norm"], round(r["eps"], 9)) == main and r["n"] > 0
     }
     smallest = min(len(v) for v in members.values())
+    clean = ev.clean_on_subset(smallest)
     out = {
-        **worst_case({k: v[:smallest] for k, v in members.items()}),
+        **worst_case({k: v[:smallest] & clean for k, v in members.items()}),
+        "clean_accuracy": fraction(clean),
         "norm": main[0],
         "eps": main[1],
     }
     largest = max(len(v) for v in members.values())
     if largest > smallest:
-        wide = {k: v for k, v in members.items() if len(v) == largest}
+        clean = ev.clean_on_subset(largest)
+        wide = {k: v & clean for k, v in members.items() if len(v) == largest}
         out["larger_subset"] = {k: worst_case(wide)[k] for k in ("accuracy", "n", "attack")}
+        out["larger_subset"]["clean_accuracy"] = fraction(clean)
     return out
 
 

@@ -19,12 +19,19 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, ConfigError, OutputError
 
 TMP_SUFFIX = ".tmp"  # temp files of atomic writes are ".<name>.<random>.tmp" next to the target
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -35,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open honours umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -104,43 +112,95 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
 
 
+def nonfinite_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _some(keys: list[str]) -> str:
+    return f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
+
+
 def save_tensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    check_finite: bool = True,
 ) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    """Atomically write tensors as safetensors (contiguous CPU copies). NaN/inf values are
+    refused unwritten (a CheckpointError): weights that are wrong are never written as if right.
+    """
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    bad = nonfinite_keys(plain) if check_finite else []
+    if bad:
+        raise CheckpointError(
+            f"not writing {path}: NaN/inf values in {_some(bad)} (the training diverged)"
+        )
     atomic_write_bytes(path, st_save(plain, metadata=metadata))
+
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's size before anything
+    else is read: a pickle is refused unread, and a header or tensor data larger than the file
+    (or a file larger than its tensors: a sparse multi-GB file) is a CheckpointError."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if head[:2] in _PICKLE_MAGIC:
+                raise CheckpointError(
+                    f"{path} is a pickle / torch.save file; robustfeat only loads safetensors "
+                    "(pickles can run code when loaded). Convert it with "
+                    "safetensors.torch.save_file."
+                )
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(
+                    f"{path} is not a valid safetensors file (truncated or corrupt?): header "
+                    f"size {length} does not fit the file's {size} bytes"
+                )
+            header = json.loads(f.read(length))
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {path} does not exist") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not a valid safetensors file: bad header") from err
+    ends = [
+        entry.get("data_offsets", [0, 0])[1]
+        for key, entry in (header.items() if isinstance(header, dict) else [])
+        if key != "__metadata__" and isinstance(entry, dict)
+    ]
+    if not isinstance(header, dict) or not all(isinstance(e, int) for e in ends):
+        raise CheckpointError(f"{path} is not a valid safetensors file: bad header")
+    if 8 + length + max(ends, default=0) != size:
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file (truncated or corrupt?): its header "
+            f"declares {max(ends, default=0)} bytes of tensors, the file holds "
+            f"{size - 8 - length}"
+        )
+    return header
 
 
 def load_tensors(path: Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Read a safetensors file; missing, truncated, corrupt or non-finite: a CheckpointError.
 
-    Only safetensors is accepted: a pickle (e.g. a ``.pt`` from elsewhere) is refused unread.
+    Only safetensors is accepted: a pickle (e.g. a ``.pt`` from elsewhere) is refused unread,
+    and the header is checked against the file's size before the tensors are read.
     """
     path = Path(path)
+    read_safetensors_header(path)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {path} does not exist") from err
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
-        raise CheckpointError(
-            f"{path} is a pickle / torch.save file; robustfeat only loads safetensors "
-            "(pickles can run code when loaded). Convert it with safetensors.torch.save_file."
-        )
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as err:
+        tensors = st_load_file(path)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
         raise CheckpointError(
             f"{path} is not a valid safetensors file (truncated or corrupt?): {err}"
         ) from err
-    if check_finite:
-        bad = [
-            k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()
-        ]
-        if bad:
-            raise CheckpointError(
-                f"{path} holds NaN/inf values in {bad[:5]}{' ...' if len(bad) > 5 else ''}"
-            )
+    bad = nonfinite_keys(tensors) if check_finite else []
+    if bad:
+        raise CheckpointError(f"{path} holds NaN/inf values in {_some(bad)}")
     return tensors
 
 
@@ -152,13 +212,21 @@ def load_state_into(
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
-    if missing or unexpected or wrong:
+    # load_state_dict would cast silently: int or bool "weights" are not the model's
+    dtypes = [k for k in own if k in tensors and own[k].dtype != tensors[k].dtype]
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if wrong:
             k = wrong[0]
             parts.append(
                 f"{len(wrong)} shape mismatch(es), e.g. {k}: "
                 f"file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+            )
+        if dtypes:
+            k = dtypes[0]
+            parts.append(
+                f"{len(dtypes)} dtype mismatch(es), e.g. {k}: "
+                f"file {tensors[k].dtype} vs model {own[k].dtype}"
             )
         if missing:
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")

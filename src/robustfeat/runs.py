@@ -8,16 +8,17 @@ the file gives the class count).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from . import io
-from .config import TrainConfig, make_config
-from .errors import CheckpointError, ConfigError
+from .config import TrainConfig, make_config, read_yaml_document
+from .data import DataSplits, ImageDataset
+from .errors import CheckpointError, ConfigError, DataError
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
@@ -28,10 +29,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: {run_dir} is not a robustfeat run directory")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CheckpointError(f"{path} is not valid YAML: {err}") from err
+    data = read_yaml_document(path) or {}
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a mapping of config keys")
     return make_config(data)
@@ -79,9 +77,15 @@ def load_run(
     tensors = io.load_tensors(path)
     if num_classes is None:
         meta = _metadata(path)
-        num_classes = (
-            int(meta["num_classes"]) if "num_classes" in meta else infer_num_classes(cfg, tensors)
-        )
+        if "num_classes" not in meta:
+            num_classes = infer_num_classes(cfg, tensors)
+        elif meta["num_classes"].isdigit() and int(meta["num_classes"]) >= 1:
+            num_classes = int(meta["num_classes"])
+        else:
+            raise CheckpointError(
+                f"{path}: metadata num_classes must be a positive integer, got "
+                f"{meta['num_classes'][:40]!r}"
+            )
     try:
         method = _build(cfg, num_classes)
     except TypeError as err:
@@ -90,11 +94,45 @@ def load_run(
     return method.to(device).eval()
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+def data_metadata(data: DataSplits) -> dict[str, str]:
+    """The final weights' metadata: what data they fit (checked by ``check_data_fits``)."""
+    return {
+        "format": "robustfeat.method/1",
+        "num_classes": str(data.num_classes),
+        "class_names": json.dumps(list(data.test.class_names)),
+        "image_shape": json.dumps(list(data.test.image_shape)),
+    }
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+
+def check_data_fits(run_dir: str | Path, test: ImageDataset) -> None:
+    """Refuse test data whose classes (by name, in label order) or image shape differ from
+    what the run was trained on: its accuracy would be a number about nothing. Runs saved
+    before this metadata existed are not checked."""
+    path = weights_path(run_dir)
+    meta = _metadata(path)
+    for key, theirs in (
+        ("class_names", list(test.class_names)),
+        ("image_shape", list(test.image_shape)),
+    ):
+        try:
+            ours = json.loads(meta[key]) if key in meta else theirs
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: metadata {key} is not valid JSON") from err
+        if ours != theirs:
+            raise DataError(
+                f"{test.name} does not fit {run_dir}: its {key.replace('_', ' ')} "
+                f"{shorten(theirs)} differ from the run's {shorten(ours)}"
+            )
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    meta = io.read_safetensors_header(path).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def run_info(cfg: TrainConfig, run_dir: str | Path | None = None) -> dict[str, Any]:

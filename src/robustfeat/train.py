@@ -47,6 +47,11 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None  # type: ignore[assignment]
+
 from . import io
 from .adversarial.schemes import Scheme, create_scheme
 from .attacks.adaptive import adaptive_attacks
@@ -58,14 +63,36 @@ from .data.base import ImageDataset
 from .data.loader import BatchLoader
 from .data.transforms import Augment, default_train_augment
 from .errors import CheckpointError, ConfigError, OutputError, RobustfeatError
-from .evaluate import Progress, clean_accuracy, evaluate, fraction, run_attack
+from .evaluate import (
+    Progress,
+    as_eval_model,
+    clean_accuracy,
+    evaluate,
+    fraction,
+    run_attack,
+    train_fit,
+)
 from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
 from .provenance import provenance
-from .runs import default_shift_sets, run_info
+from .runs import data_metadata, default_shift_sets, run_info
 
 CHECKPOINTS = "checkpoints"
+RUN_MARKER = ".robustfeat-run"  # marks a run directory as ours; its flock is the run's lock
+RUN_MARKER_TEXT = b"robustfeat run directory: written and locked by robustfeat only\n"
+# What a run directory holds (symlinks among these are refused: see RunDir.check_ours).
+RUN_ENTRIES = (
+    RUN_MARKER,
+    "config.yaml",
+    "provenance.json",
+    "metrics.jsonl",
+    "state.json",
+    "weights.safetensors",
+    "best.safetensors",
+    "results.json",
+    CHECKPOINTS,
+)
 MIN_FREE_BYTES = 50 * 2**20
 FAULT_ENV = "ROBUSTFEAT_FAULT"
 # Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
@@ -138,6 +165,13 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "multistep":
         return ramp * cfg.gamma ** sum(t > m * total for m in cfg.milestones)
     return ramp  # constant
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Each group's lr = its base lr times the schedule's ``factor``; a group with ``fixed_lr``
+    (e.g. L-ALFA's eta, constant in the official code) keeps its base lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * (1.0 if group.get("fixed_lr") else factor)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -213,6 +247,7 @@ def validate_names(cfg: TrainConfig) -> None:
 @dataclass
 class RunDir:
     root: Path
+    lock_fd: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def config(self) -> Path:
@@ -241,9 +276,18 @@ class RunDir:
     def checkpoint(self, step: int) -> Path:
         return self.root / CHECKPOINTS / f"step-{step:09d}"
 
-    def prepare(self) -> None:
-        """Create the directory and fail early, clearly, if it cannot be written or is (nearly)
-        full. On failure, directories this call created are removed again (no partial output)."""
+    def prepare(self, resume: bool = False) -> None:
+        """Claim the directory for this process, before anything is written into it.
+
+        The run directory is ours alone: an existing one must carry our marker file (or be
+        empty), none of the names we write may be a symlink (nothing is ever followed out of
+        the directory, or deleted through a link), a finished or checkpointed run is only
+        continued (``resume``), never started over, and one process at a time holds the lock
+        (an exclusive ``flock`` on the marker, released when the process ends). Then create
+        it and fail early, clearly, if it cannot be written or is (nearly) full; on failure,
+        directories this call created are removed again (no partial output)."""
+        if self.root.is_dir():
+            self.check_ours()
         missing = []  # the directory and the ancestors mkdir would create, deepest first
         existing = self.root
         while not existing.exists() and existing.parent != existing:
@@ -260,6 +304,7 @@ class RunDir:
             probe = self.root / ".write-test.tmp"
             probe.write_bytes(b"0" * 4096)
             probe.unlink()
+            self.lock()
         except OSError as err:
             for directory in missing:
                 with contextlib.suppress(OSError):
@@ -267,6 +312,66 @@ class RunDir:
             raise OutputError(
                 f"output directory {self.root} is not writable: {err.strerror or err}"
             ) from err
+        if not resume:
+            try:
+                self.check_fresh()
+            except OutputError:
+                self.release()
+                raise
+
+    def check_ours(self) -> None:
+        """An existing directory is a run of ours (marker) or empty, with no symlinked entry."""
+        entries = [self.root / name for name in RUN_ENTRIES]
+        if (self.root / CHECKPOINTS).is_dir() and not (self.root / CHECKPOINTS).is_symlink():
+            entries += sorted((self.root / CHECKPOINTS).iterdir())
+        links = [path for path in entries if path.is_symlink()]
+        if links:
+            raise OutputError(
+                f"{links[0]} is a symlink; a run directory holds only its own files (nothing "
+                "outside it is written or deleted through a link): remove the link"
+            )
+        marker = self.root / RUN_MARKER
+        if not marker.is_file() and any(self.root.iterdir()):
+            raise OutputError(
+                f"{self.root} exists and is not a robustfeat run directory (no {RUN_MARKER} "
+                f"file): train into a new or empty --out (to adopt a run made before markers "
+                f"existed, create {marker})"
+            )
+
+    def check_fresh(self) -> None:
+        """A new run must not start over a run that has checkpoints, weights or results."""
+        found = [
+            path.name
+            for path in (self.state, self.weights, self.results, self.root / CHECKPOINTS)
+            if path.exists()
+        ]
+        if found:
+            raise OutputError(
+                f"{self.root} already holds a run ({', '.join(found)}): continue it with "
+                "--resume, or train into a new --out"
+            )
+
+    def lock(self) -> None:
+        """Create the marker (never through a symlink) and hold an exclusive lock on it."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.root / RUN_MARKER, flags, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.root} is being written by another robustfeat process (it holds the "
+                f"lock on {RUN_MARKER}); wait for it to finish or train into another --out"
+            ) from None
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, RUN_MARKER_TEXT)
+        self.lock_fd = fd
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def checkpoint_state(self) -> tuple[dict[str, Any], Path]:
         """state.json and the checkpoint directory it points at, both checked."""
@@ -325,7 +430,10 @@ class RunDir:
     def check_resume_config(self, cfg: TrainConfig) -> None:
         """A resumed run must train what the checkpoint was trained with."""
         if not self.config.is_file():
-            return
+            raise CheckpointError(
+                f"cannot resume {self.root}: its {self.config.name} is missing, so what its "
+                "checkpoint was trained with is unknown; train into a new --out"
+            )
         saved = read_yaml(self.config)
         current = cfg.to_dict()
         changed = [
@@ -355,7 +463,7 @@ def save_checkpoint(
         io.save_tensors(tmp / "weights.safetensors", method.state_dict())
         fault_point("checkpoint_weights", step)
         opt_tensors, opt_rest = optimizer_state(optimizer)
-        io.save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        io.save_tensors(tmp / "optimizer.safetensors", opt_tensors, check_finite=False)
         io.write_json(tmp / "optimizer.json", opt_rest)
         fault_point("checkpoint_tmp", step)
         shutil.rmtree(final, ignore_errors=True)
@@ -364,7 +472,7 @@ def save_checkpoint(
         io.write_json(
             run.state, {"step": step, "checkpoint": final.relative_to(run.root).as_posix(), **extra}
         )
-    except (OSError, OutputError) as err:
+    except (OSError, OutputError, CheckpointError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else err
         raise OutputError(
@@ -520,7 +628,13 @@ class Trainer:
     best: BestEpoch = field(default_factory=BestEpoch)
 
     @classmethod
-    def create(cls, cfg: TrainConfig, out: str | Path, data: DataSplits | None = None) -> Trainer:
+    def create(
+        cls,
+        cfg: TrainConfig,
+        out: str | Path,
+        data: DataSplits | None = None,
+        resume: bool = False,
+    ) -> Trainer:
         device = resolve_device(cfg.device)
         distributed = setup_distributed(device)
         if device.type == "cuda":
@@ -535,6 +649,7 @@ class Trainer:
                 label_noise=cfg.label_noise,
                 label_noise_type=cfg.label_noise_type,
                 val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction,
                 seed=cfg.data_seed,
                 **cfg.data_args,
             )
@@ -551,7 +666,7 @@ class Trainer:
         if loader.augment is not None:
             loader.augment(data.train.float_images(slice(0, 1)), torch.Generator())
         if distributed.main:
-            run.prepare()
+            run.prepare(resume)
         method.to(device)
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -618,12 +733,27 @@ class Trainer:
         if self.cfg.nan_policy == "skip":
             self.console_log(f"[yellow]skipping batch[/]: {message}")
             return False
+        kept = (
+            f"the last good checkpoint is kept in {self.run.root}"
+            if self.run.state.exists()
+            else f"it diverged before the first checkpoint, so {self.run.root} has none"
+        )
         raise TrainingDiverged(
-            message + "; the last good checkpoint is kept in " + str(self.run.root),
+            f"{message}; {kept}",
             step + 1,
             parts,
             bad,
         )
+
+    def _finite_gradients(self, step: int) -> bool:
+        """With ``nan_policy=skip``: whether every gradient is finite. A finite loss can still
+        have NaN gradients (sqrt at 0); stepping on them makes every later loss NaN and every
+        later batch skipped, and the weights written at the end NaN."""
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        if not grads or torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            return True
+        self.console_log(f"[yellow]skipping batch[/]: non-finite gradients at step {step + 1}")
+        return False
 
     def console_log(self, message: str) -> None:
         if self.dist.main:
@@ -654,6 +784,9 @@ class Trainer:
             config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             io.atomic_write_bytes(run.config, config_text.encode())
             io.write_json(run.root / "provenance.json", provenance())
+        if self.dist.main:
+            for line in self.method.startup_warnings(total, self.data.train.image_shape):
+                self.console_log(f"warning: {line}")
         if cfg.compile:
             for module in self.method.compile_targets():
                 module.compile()
@@ -743,31 +876,34 @@ class Trainer:
         metrics: RunningMetrics,
     ) -> None:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
-        factor = lr_factor(step, total, self.cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+        set_learning_rates(optimizer, lr_factor(step, total, self.cfg))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Skipping a batch also undoes what its forward did to buffers (BN running statistics).
-        buffers = list(self.method.buffers()) if self.cfg.nan_policy == "skip" else []
+        skipping = self.cfg.nan_policy == "skip"
+        buffers = list(self.method.buffers()) if skipping else []
         good = [b.detach().clone() for b in buffers]
         with autocast_context(self.cfg.precision, self.device):
             for out in self.scheme.steps(self.method, x, y, forward=forward):
                 optimizer.zero_grad(set_to_none=True)
-                if not self._check_finite(out, step):
+                skip = not self._check_finite(out, step)
+                if not skip:
+                    fault_point("step", step + 1, self.dist.rank)
+                    if scaler is not None:
+                        scaler.scale(out["loss"]).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        out["loss"].backward()
+                        skip = skipping and not self._finite_gradients(step)
+                        if not skip:
+                            optimizer.step()
+                if skip:
                     metrics.skipped += 1
                     with torch.no_grad():
                         for buffer, value in zip(buffers, good, strict=True):
                             buffer.copy_(value)
                     continue
-                fault_point("step", step + 1, self.dist.rank)
-                if scaler is not None:
-                    scaler.scale(out["loss"]).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    out["loss"].backward()
-                    optimizer.step()
                 self.method.after_step()
                 metrics.add(out, y)
                 good = [b.detach().clone() for b in buffers]
@@ -824,12 +960,13 @@ class Trainer:
         run, cfg = self.run, self.cfg
         if not self.dist.main:
             return {}
-        io.save_tensors(
-            run.weights, self.method.state_dict(), metadata={"format": "robustfeat.method/1"}
-        )
+        io.save_tensors(run.weights, self.method.state_dict(), metadata=data_metadata(self.data))
         fault_point("final_weights")
         start = time.perf_counter()
         results = self.evaluate_test(shift=True)
+        if not self.data.train.multilabel:
+            with torch.compiler.set_stance("force_eager"):
+                results["train"] = train_fit(as_eval_model(self.method), self.data.train)
         if cfg.select_best is not None:
             results["best_epoch"] = self.evaluate_best()
         results["run"]["train_seconds"] = train_seconds
@@ -893,9 +1030,10 @@ def train(
     cfg: TrainConfig, out: str | Path, resume: bool = False, data: DataSplits | None = None
 ) -> dict[str, Any]:
     """Train ``cfg`` into run directory ``out`` (resuming from its last checkpoint if asked)."""
-    trainer = Trainer.create(cfg, out, data)
+    trainer = Trainer.create(cfg, out, data, resume)
     try:
         return trainer.fit(resume=resume)
     finally:
+        trainer.run.release()
         if trainer.dist.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

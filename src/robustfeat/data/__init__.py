@@ -19,7 +19,7 @@ from ._registry import (
 from .base import ImageDataset
 from .folder import cache_dir
 from .loader import BatchLoader, iterate_batches
-from .splits import NOISE_TYPES, DataSplits, prepare_data
+from .splits import NOISE_TYPES, DataSplits, evaluation_split, prepare_data
 from .transforms import (
     PADDING_MODES,
     Augment,

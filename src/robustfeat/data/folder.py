@@ -36,6 +36,18 @@ from .base import ImageDataset
 CACHE_VERSION = 1
 _CHUNK = 1000  # files per decoding task
 _POOL_MIN_FILES = 2000  # below this, decoding in-process beats starting a pool
+# Input bounds, checked before reading: a file's size (a zip member's from its header, so a
+# zip bomb is refused unread) and an image's pixel count (from its header, before decoding).
+MAX_FILE_BYTES = 256 * 2**20
+MAX_IMAGE_PIXELS = 2**26
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity mask; the machine's count elsewhere)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def cache_dir() -> Path:
@@ -174,6 +186,15 @@ class _Reader:
         return _shown(self.kind, self.source, name)
 
     def read(self, name: str) -> bytes:
+        if self.archive:
+            size = self.archive.getinfo(name).file_size
+        else:
+            size = (self.source / name).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DataError(
+                f"{self.shown(name)} is {size} bytes{' uncompressed' if self.archive else ''}, "
+                f"over the {MAX_FILE_BYTES}-byte limit for one image file"
+            )
         return self.archive.read(name) if self.archive else (self.source / name).read_bytes()
 
     def close(self) -> None:
@@ -185,17 +206,44 @@ def _decode_chunk(reader: _Reader, names: list[str]) -> tuple[tuple[int, int], b
     """Decode files to RGB uint8; returns ((H, W), stacked pixel bytes)."""
     arrays, first = [], None
     for name in names:
+        data = reader.read(name)
         try:
-            with Image.open(io.BytesIO(reader.read(name))) as image:
-                array = np.asarray(image.convert("RGB"))
+            with Image.open(io.BytesIO(data)) as image:
+                array = _rgb_pixels(image, reader.shown(name))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{reader.shown(name)} is not a readable image ({err})") from None
+        except Image.DecompressionBombError:
+            raise DataError(_too_large(reader.shown(name))) from None
         if first is None:
             first = (reader.shown(name), array.shape)
         elif array.shape != first[1]:
             raise DataError(_mixed_sizes(reader.shown(name), array.shape, *first))
         arrays.append(array)
     return first[1][:2], np.stack(arrays).tobytes()
+
+
+def _too_large(shown: str, size: tuple[int, int] | None = None) -> str:
+    dims = f" ({size[0]}x{size[1]})" if size else ""
+    return f"{shown} has more than {MAX_IMAGE_PIXELS} pixels{dims}; refused before decoding"
+
+
+def _rgb_pixels(image: Image.Image, shown: str) -> np.ndarray:
+    """An opened image as (H, W, 3) uint8, its pixel count bounded before decoding. 16-bit
+    images are scaled to 8 bits (PIL's convert("RGB") would clip them at 255); other
+    high-depth modes, whose range the file does not say, are refused."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(_too_large(shown, image.size))
+    if image.mode in _SIXTEEN_BIT or (image.mode == "I" and image.format == "PNG"):
+        wide = np.asarray(image).astype(np.uint32)
+        eight = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(eight[:, :, None], 3, axis=2)
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise DataError(
+            f"{shown} has {image.mode} pixels (32-bit or float), whose range is unknown; "
+            "convert it to 8-bit or 16-bit first"
+        )
+    return np.asarray(image.convert("RGB"))
 
 
 _WORKER_READER: _Reader | None = None  # set in each pool worker by _init_worker
@@ -331,6 +379,7 @@ def _load_tree(
         isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
         f"workers must be an integer >= 1, got {workers!r}",
     )
+    workers = min(workers, available_cpus())  # more decoders than cores only adds processes
     where = f"{kind}:{source}"
     tensors_path, sidecar_path, key = _cache_paths(kind, source, split, fingerprint)
     cached = _read_cache(tensors_path, sidecar_path, key)
@@ -351,9 +400,17 @@ def _load_tree(
             "count": len(names),
             "class_names": classes,
         }
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(tensors_path, lambda p: save_file({"images": images, "labels": labels}, p))
-        _write_atomic(sidecar_path, lambda p: p.write_text(json.dumps(sidecar, indent=1)))
+        try:
+            tensors_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(
+                tensors_path, lambda p: save_file({"images": images, "labels": labels}, p)
+            )
+            _write_atomic(sidecar_path, lambda p: p.write_text(json.dumps(sidecar, indent=1)))
+        except OSError as err:
+            raise DataError(
+                f"cannot write the dataset cache {tensors_path}: {err.strerror or err}; set "
+                "ROBUSTFEAT_CACHE to a writable directory"
+            ) from err
     else:
         tensors, sidecar = cached
         images, labels = tensors["images"], tensors["labels"]

@@ -2,6 +2,11 @@
 
 ``prepare_data`` applies, in this order and each from its own seed derived from ``seed``:
 
+0. for a folder without ``train/`` and ``test/`` (one tree serves both splits,
+   ``meta["whole_tree"]``), a stratified ``test_fraction`` of it held out as the test split
+   (``held_out_test``; ``robustfeat eval`` holds out the same images: ``evaluation_split``),
+   so that no run is ever scored on its own training images; recorded as
+   ``meta["held_out_test"]``,
 1. a stratified validation split carved from train (``val_fraction``; labels stay clean),
 2. a per-class subset of the remaining train samples (``samples_per_class``, low-data runs),
 3. label noise on the train labels only (``label_noise``, ``label_noise_type``).
@@ -99,6 +104,28 @@ def noisy_labels(
     return torch.where(resampled, replacement, labels), resampled
 
 
+def held_out_test(
+    tree: ImageDataset, test_fraction: float, seed: int
+) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) of a whole tree: a stratified ``test_fraction`` held out as test, drawn
+    from its own seed; the same for every run with that ``seed`` (``data_seed``)."""
+    kept, held = stratified_split(tree.labels, test_fraction, make_generator(seed, "test"))
+    record = {"held_out_test": {"fraction": test_fraction, "seed": seed, "n_test": len(held)}}
+    train, test = tree.subset(kept), tree.subset(held)
+    train.meta, test.meta = {**tree.meta, **record}, {**tree.meta, **record, "split": "test"}
+    return train, test
+
+
+def evaluation_split(
+    spec: str, *, test_fraction: float = 0.2, seed: int = 0, **dataset_options: Any
+) -> ImageDataset:
+    """The test split a run on ``spec`` is evaluated on (a whole tree's held-out part)."""
+    test = load_dataset(spec, "test", **dataset_options)
+    if test.meta.get("whole_tree"):
+        test = held_out_test(test, test_fraction, seed)[1]
+    return test
+
+
 def prepare_data(
     spec: str,
     *,
@@ -106,6 +133,7 @@ def prepare_data(
     label_noise: float = 0.0,
     label_noise_type: str = "symmetric",
     val_fraction: float = 0.0,
+    test_fraction: float = 0.2,
     seed: int = 0,
     root: str | None = None,
     download: bool = False,
@@ -122,10 +150,21 @@ def prepare_data(
     _check_noise_type(label_noise_type)
     train = load_dataset(spec, "train", root=root, download=download, **dataset_options)
     test = load_dataset(spec, "test", root=root, download=download, **dataset_options)
+    if train.meta.get("whole_tree"):  # one tree for both splits: never test on training images
+        check(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        train, test = held_out_test(train, test_fraction, seed)
     if train.num_classes != test.num_classes or train.image_shape != test.image_shape:
         raise DataError(
             f"{spec}: train and test disagree ({train.num_classes} vs {test.num_classes} classes, "
             f"images {train.image_shape} vs {test.image_shape})"
+        )
+    if list(train.class_names) != list(test.class_names):  # labels are indices into these
+        differ = next(
+            (a, b) for a, b in zip(train.class_names, test.class_names, strict=True) if a != b
+        )
+        raise DataError(
+            f"{spec}: train and test classes differ by name (train {differ[0]!r} vs test "
+            f"{differ[1]!r} at the same label); class folders must have the same names"
         )
     check(
         not train.multilabel

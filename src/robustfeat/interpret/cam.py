@@ -73,6 +73,32 @@ def class_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+# A class map smaller than this on a side (a timm ResNet-18 on 32-px images ends in 1x1) has
+# nothing to localise: CAM pictures are uniform and CAM-based losses see one pixel
+MIN_CAM_SIDE = 4
+
+
+def class_map_size(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(h, w) of the class maps ``model`` classifies from, for images of ``image_shape``."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *image_shape, device=param.device if param is not None else "cpu")
+    with torch.no_grad(), model_mode(model, "eval"):
+        h, w = class_maps(model, x).shape[-2:]
+    return int(h), int(w)
+
+
+def small_class_map_warning(model: nn.Module, image_shape: tuple[int, ...], what: str) -> list[str]:
+    """One warning line when the class maps are smaller than ``MIN_CAM_SIDE`` on a side."""
+    h, w = class_map_size(model, image_shape)
+    if min(h, w) >= MIN_CAM_SIDE:
+        return []
+    return [
+        f"{what}: the class maps are {h}x{w} for {tuple(image_shape)} images (under "
+        f"{MIN_CAM_SIDE}x{MIN_CAM_SIDE}): they cannot localise anything; use larger input "
+        "images or a backbone whose last stage keeps more resolution"
+    ]
+
+
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Each map (last two dims) scaled to [0, 1]; a constant map becomes all zeros."""
     low = maps.amin((-2, -1), keepdim=True)

@@ -72,8 +72,14 @@ class Method(nn.Module, abc.ABC):
         return [self.model]
 
     def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; override to give some parameters their own lr or decay."""
+        """Optimizer parameter groups; override to give some parameters their own lr or decay
+        (a group with ``"fixed_lr": True`` keeps its lr outside the trainer's schedule)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], **base}]
+
+    def startup_warnings(self, total_steps: int, image_shape: tuple[int, ...]) -> list[str]:
+        """Lines the trainer prints before training: settings under which this method cannot
+        act in this run (a schedule that never starts, maps too small to carry a loss)."""
+        return []
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. L-ALFA's projection, schedules)."""

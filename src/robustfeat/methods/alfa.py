@@ -6,18 +6,27 @@ layer's output inside a block), on the features at that site pushed by a PGD per
 feature space (Eq. 3-4). L-ALFA scales each site's perturbation by a learned magnitude eta_i, with
 an l1 penalty and a projection of eta after each optimizer step (Eq. 5, Algorithm 1).
 
-How a step runs (one clean forward, then per site; sites are perturbed *separately*, one
-perturbation and one forward each, as in Eq. 3's sum of maxima and the official L-ALFA code):
+How a step runs (sites are perturbed *separately*, one perturbation and one forward each, as in
+Eq. 3's sum of maxima and the official L-ALFA code), in the official order (``bn_order=
+"official"``, the default):
 
-1. clean forward once, keeping the features where the suffixes start (``forward_features`` up to
-   the deepest one, then ``run_from`` to the logits): the prefix is never recomputed;
-2. craft delta by ``steps`` sign-gradient ascent steps of size ``alpha`` on the CE of the logits
-   computed from the site through the rest of the net (``run_from``); the features are detached,
-   so the gradient stops at the perturbed layer; ``eps`` (None: unbounded, the paper's setting)
-   bounds delta in L∞, ``random_init`` starts uniformly in that ball;
-3. the adversarial forward from the site with delta (L-ALFA: ``eta_i * delta``) gives L_at.
+1. per site, in order: a clean forward up to the site without gradient (the features where its
+   suffix starts), then delta by ``steps`` sign-gradient ascent steps of size ``alpha`` on the CE
+   of the logits computed from the site through the rest of the net (``run_from``); the features
+   are detached, so the gradient stops at the perturbed layer; ``eps`` (None: unbounded, the
+   paper's setting) bounds delta in L∞, ``random_init`` starts uniformly in that ball;
+2. per site, the adversarial forward from the site with delta (L-ALFA: ``eta_i * delta``): L_at;
+3. the clean forward of the whole net, last, so that each step's last BatchNorm running-statistics
+   update comes from the clean batch, as in the official code (the weights' gradients do not
+   depend on the order; the eval-mode statistics do).
 
-Facts from the official code (VITA-Group/CV_A-FAN, ``Classification/``), where the paper is silent:
+``bn_order="clean_first"`` (the behaviour before issue 27, not official) runs the clean forward
+first, keeping the features where the suffixes start, and every site reuses that prefix: one
+clean prefix forward fewer per site, but the running statistics end each step on the perturbed
+features.
+
+Facts from the official code (VITA-Group/CV_A-FAN, ``Classification/``), where the paper is silent,
+all defaults here:
 
 - the model is in train mode while crafting: BN statistics see the adversarial features
   (``bn_mode="train"``; ``"eval"`` uses the running statistics instead);
@@ -26,28 +35,48 @@ Facts from the official code (VITA-Group/CV_A-FAN, ``Classification/``), where t
   default ``lam=1``; ``normalize=False`` is Eq. (3) literally, ``L_std + lam * sum_i L_at_i``;
 - the clean features are detached before they are perturbed, so L_at trains only the layers after
   the site (``detach_prefix=True``; ``False`` also back-propagates L_at into the prefix, as Eq. (3)
-  read as a function of Theta^(i) suggests). At the default site, the last block's output, the
-  suffix is only GAP + fc, so crafting costs almost nothing;
-- no random start, no clipping (eps unbounded); ResNet-56s perturbation sites of L-ALFA are block
-  outputs, the last block's output ("Block 9") included;
-- L-ALFA: eta starts at 1/r (the paper: ones, ``eta_init=1.0`` here), has its own SGD with lr 0.01
-  and no weight decay (here: its own parameter group, ``eta_lr``; the trainer's schedule scales it
-  like every group), gamma = 1, PGD-3 with alpha = 1/255, and the perturbation is crafted without
-  eta and scaled afterwards (Eq. 5 would craft at f + eta * delta: the same sign steps while
-  eta > 0, but an eta of 0 would then get no gradient and stay 0);
-- the official projection is onto the hyperplane {1'eta = 1} (``eta_constraint="hyperplane"``).
-  The paper projects onto P "by the bisection method (Wang et al. 2019b)", the projection onto the
-  probability simplex {eta >= 0, 1'eta = 1} of that paper (a hyperplane needs no bisection), so
-  the default is ``"simplex"`` with our bisection. On the simplex, ||eta||_1 = 1 after each
-  projection, and the projection is invariant to the uniform shift the l1 gradient adds while
-  eta > 0: the penalty only acts on entries that reach zero (and, on the hyperplane, below zero).
+  read as a function of Theta^(i) suggests; its adversarial forwards then follow the clean one,
+  whose prefix graph they need). At ALFA's default site, the last block's output (the paper's
+  Tables 1-3), the suffix is only GAP + fc, so crafting costs almost nothing;
+- no random start, no clipping (eps unbounded);
+- L-ALFA's sites: 9, the stem and eight block outputs of ResNet-56s, the last block ("Block 9")
+  included: ``granularity="official"`` (the default; mapped to other nets by relative depth, see
+  ``official_sites``);
+- L-ALFA: eta has its own SGD with lr 0.01, constant (no warm-up, no decay: the trainer leaves
+  the group out of its schedule, ``eta_schedule=False``; ``True`` scales it like every group),
+  no weight decay and the trainer's momentum; gamma = 1, PGD-3 with alpha = 1/255, and the
+  perturbation is crafted without eta and scaled afterwards (Eq. 5 would craft at
+  f + eta * delta: the same sign steps while eta > 0, but an eta of 0 would then get no gradient
+  and stay 0).
+
+Every remaining deliberate difference from the official code:
+
+- eta starts at ones (the paper's Algorithm 1, ``eta_init=1.0``); the official code starts at
+  1/r (``eta_init=1/9`` for its 9 sites);
+- eta's projection: the official code projects onto the hyperplane {1'eta = 1}
+  (``eta_constraint="hyperplane"``). The paper projects onto P "by the bisection method (Wang et
+  al. 2019b)", the projection onto the probability simplex {eta >= 0, 1'eta = 1} of that paper (a
+  hyperplane needs no bisection), so the default is ``"simplex"`` with our bisection. On the
+  simplex, ||eta||_1 = 1 after each projection, and the projection is invariant to the uniform
+  shift the l1 gradient adds while eta > 0: the penalty only acts on entries that reach zero
+  (and, on the hyperplane, below zero);
+- eta's SGD is a parameter group of the trainer's optimizer, so it has the trainer's momentum
+  and Nesterov setting (official: its own SGD, momentum 0.9, no Nesterov);
+- the official ALFA script's default site is the first stage's output (``--perturb_idx 13``,
+  "layer1" in its run script); the paper's tables perturb the last block, our default;
+- layer sites (``granularity="layer"``, Table 9's dim 20) are not in the official code: a
+  ``FeatureSlot`` adds the perturbation after the normalization layer; the optimizer, the
+  schedule (the official 200-iteration warm-up and 50/150 decay are the recipe's) and the data
+  pipeline are the trainer's.
 
 Granularity (Table 9 on ResNet-18: dim(eta) = 4, 9, 20) maps onto the stage contract as
 ``"stage"``: each stage's output (4 on ResNet-18, 3 on ResNet-20), ``"block"``: the stem and
 every block output, i.e. after each skip connection (9 on ResNet-18, 10 on ResNet-20; pre-activation
 nets add their final BN-ReLU node), ``"layer"``: every normalization layer's output inside the stem
 and the blocks, i.e. the normalized feature after each convolution of a post-activation net (20 on
-ResNet-18: 17 convolutions + 3 projection shortcuts; 19 on ResNet-20). Per-layer sites sit inside a
+ResNet-18: 17 convolutions + 3 projection shortcuts; 19 on ResNet-20). ``"official"``: the
+official code's 9 sites on ResNet-56, the nodes at the same relative depths elsewhere (every node
+of ResNet-18, i.e. ``"block"``; 9 of ResNet-20's 10). Per-layer sites sit inside a
 block, so they are ``FeatureSlot`` wrappers and their suffix is the rest of the net from the
 block's input. Every site can also be named directly: ``nodes=["stage3.2", "stage2.1.conv2.1"]``.
 
@@ -76,8 +105,13 @@ from ..nn.feature_slot import FeatureSlot
 from ._base import Method
 from ._registry import register_method
 
-GRANULARITIES = ("stage", "block", "layer")
+GRANULARITIES = ("official", "stage", "block", "layer")
 BN_MODES = ("train", "eval")
+BN_ORDERS = ("official", "clean_first")
+# The official L-ALFA sites on ResNet-56s (main_learnable.py's perturb_idx_list 4, 8, ..., 31 of
+# its flat layer list, minus the 4 layers before the first block): node indices out of 27 blocks.
+OFFICIAL_SITE_DEPTHS = (0, 4, 7, 10, 14, 17, 20, 24, 27)
+OFFICIAL_SITE_BLOCKS = 27
 ETA_CONSTRAINTS = ("simplex", "hyperplane")
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -169,10 +203,31 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, NORM_LAYERS)
 
 
+def official_sites(model: StagedModel) -> list[str]:
+    """The official L-ALFA code's 9 sites at their relative depths: node round(d · (N - 1) / 27)
+    for each official depth d, N the number of nodes (stem + blocks), duplicates dropped. Exactly
+    the official ones on ResNet-56 (stem, stage1.3, stage1.6, stage2.0, stage2.4, stage2.7,
+    stage3.1, stage3.5, stage3.8); 9 of 10 nodes on ResNet-20 (all but stage2.0), every node
+    (stem + 8 blocks) on ResNet-18; nets with fewer than 9 nodes get all of them."""
+    names = model.node_names
+    last = len(names) - 1
+    # round half up in integers: floor(d · last / 27 + 1/2)
+    picks = sorted(
+        {
+            (2 * d * last + OFFICIAL_SITE_BLOCKS) // (2 * OFFICIAL_SITE_BLOCKS)
+            for d in OFFICIAL_SITE_DEPTHS
+        }
+    )
+    return [names[i] for i in picks]
+
+
 def granularity_sites(model: StagedModel, granularity: str) -> list[str]:
-    """Site names of a granularity (Table 9): ``stage`` outputs, ``block`` outputs (stem + every
-    block: after each skip connection) or ``layer`` (every normalization layer inside them)."""
+    """Site names of a granularity: ``official`` (the official L-ALFA code's 9 sites, see
+    ``official_sites``) or, as Table 9, ``stage`` outputs, ``block`` outputs (stem + every block:
+    after each skip connection) or ``layer`` (every normalization layer inside them)."""
     check(granularity in GRANULARITIES, f"granularity must be one of {GRANULARITIES}")
+    if granularity == "official":
+        return official_sites(model)
     if granularity == "stage":
         return [model.node_of_stage(s) for s in model.stage_names[1:]]
     if granularity == "block":
@@ -235,8 +290,10 @@ class FeaturePerturbation(Method):
         lam: float,
         normalize: bool,
         detach_prefix: bool,
+        bn_order: str = "clean_first",
     ) -> None:
         super().__init__(model)
+        check(bn_order in BN_ORDERS, f"bn_order must be one of {BN_ORDERS}, got {bn_order!r}")
         names = _as_list(nodes)
         check(
             names is None or granularity is None,
@@ -249,6 +306,7 @@ class FeaturePerturbation(Method):
         self.lam = float(lam)
         self.normalize = bool(normalize)
         self.detach_prefix = bool(detach_prefix)
+        self.bn_order = bn_order
 
     @property
     def site_names(self) -> list[str]:
@@ -308,17 +366,73 @@ class FeaturePerturbation(Method):
                 site.slot.recorded = None
         return logits, starts, clean
 
+    def _site_prefix(self, site: Site, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official code's clean forward for one site, without gradient: the output of
+        ``site.resume`` (or the image) and the clean feature at the site. A layer site runs on
+        through the node that holds its slot, to record the feature there."""
+        with torch.no_grad():
+            if site.slot is None:
+                start = self.model.forward_features(x, nodes=[site.name])[site.name]
+                return start, start
+            names = self.model.node_names
+            holder = names[0 if site.resume is None else names.index(site.resume) + 1]
+            site.slot.record = True
+            try:
+                feats = self.model.forward_features(x, nodes=[*filter(None, [site.resume]), holder])
+            finally:
+                site.slot.record = False
+            clean, site.slot.recorded = site.slot.recorded, None
+            return self._start(site, x, feats), clean
+
+    @staticmethod
+    def _start(site: Site, x: torch.Tensor, starts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return x if site.resume is None else starts[site.resume]
+
+    def _adversarial_loss(
+        self, site: Site, start: torch.Tensor, delta: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        if self.detach_prefix:
+            start = start.detach()
+        return F.cross_entropy(self._perturbed_logits(site, start, delta), y)
+
+    def _official_order(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The official loop: per site a clean prefix forward (no gradient) and the PGD; then
+        the adversarial forwards; the clean forward last, so that BN running statistics end each
+        step on the clean batch. With ``detach_prefix=False`` (not official) the clean forward
+        comes before the adversarial ones, which need its prefix's graph."""
+        crafted = []
+        for index, site in enumerate(self.sites):
+            start, clean = self._site_prefix(site, x)
+            crafted.append((start, self._scaled(index, self._perturbation(site, start, clean, y))))
+        logits = None
+        if not self.detach_prefix:
+            logits, starts, _ = self._clean_forward(x)
+            crafted = [
+                (self._start(site, x, starts), delta)
+                for site, (_, delta) in zip(self.sites, crafted, strict=True)
+            ]
+        losses_at = [
+            self._adversarial_loss(site, start, delta, y)
+            for site, (start, delta) in zip(self.sites, crafted, strict=True)
+        ]
+        if logits is None:
+            logits = self.model(x)
+        return logits, [delta for _, delta in crafted], losses_at
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, starts, clean = self._clean_forward(x)
+        if self.bn_order == "official":
+            logits, deltas, losses_at = self._official_order(x, y)
+        else:  # one clean forward first, its prefix reused by every site
+            logits, starts, clean = self._clean_forward(x)
+            deltas, losses_at = [], []
+            for index, site in enumerate(self.sites):
+                start = self._start(site, x, starts)
+                deltas.append(self._scaled(index, self._perturbation(site, start, clean[index], y)))
+                losses_at.append(self._adversarial_loss(site, start, deltas[-1], y))
+        norms = [delta.detach().flatten(1).norm(dim=1).mean() for delta in deltas]
         loss_std = F.cross_entropy(logits, y)
-        losses_at, norms = [], []
-        for index, (site, clean_feature) in enumerate(zip(self.sites, clean, strict=True)):
-            start = x if site.resume is None else starts[site.resume]
-            delta = self._scaled(index, self._perturbation(site, start, clean_feature, y))
-            if self.detach_prefix:
-                start = start.detach()
-            losses_at.append(F.cross_entropy(self._perturbed_logits(site, start, delta), y))
-            norms.append(delta.detach().flatten(1).norm(dim=1).mean())
         loss_at = torch.stack(losses_at)
         return {
             "loss": alfa_loss(loss_std, loss_at, self.lam, self.normalize),
@@ -350,8 +464,9 @@ class ALFA(FeaturePerturbation):
         normalize: bool = True,
         bn_mode: str = "train",
         detach_prefix: bool = True,
+        bn_order: str = "official",
     ) -> None:
-        super().__init__(model, nodes, granularity, lam, normalize, detach_prefix)
+        super().__init__(model, nodes, granularity, lam, normalize, detach_prefix, bn_order)
         check(isinstance(steps, int) and steps >= 1, f"steps must be an int >= 1, got {steps!r}")
         check(alpha > 0, f"alpha must be > 0 (feature units, e.g. 0.5/255), got {alpha}")
         check(eps is None or eps > 0, f"eps must be > 0 or None (unbounded), got {eps}")
@@ -384,11 +499,12 @@ class ALFA(FeaturePerturbation):
 @register_method
 class LALFA(ALFA):
     """L-ALFA (Eq. 5, Algorithm 1): ALFA with a learned magnitude eta_i per site, an l1 penalty
-    ``gamma * ||eta||_1`` and a projection of eta after each optimizer step. Defaults: one site
-    per stage (dim(eta) = 4 on ResNet-18, 3 on ResNet-20; Table 9 finds per-stage and per-block
-    sites both adequate, and per-stage sites cost far less: every site's PGD runs through the rest
-    of the net; Table 8 used ``granularity="block"``) and the official L-ALFA code's PGD-3,
-    alpha = 1/255, gamma = 1, eta lr 0.01; eta starts at ones (the paper; official: 1/r)."""
+    ``gamma * ||eta||_1`` and a projection of eta after each optimizer step. Defaults: the
+    official L-ALFA code's 9 sites (``granularity="official"``, dim(eta) = 9 as in Table 8; see
+    ``official_sites``), PGD-3, alpha = 1/255, gamma = 1, eta lr 0.01 constant (outside the
+    training schedule); eta starts at ones (the paper; official: 1/r, ``eta_init=1/r``).
+    ``granularity="stage"`` (the default before issue 27) perturbs one site per stage instead,
+    far cheaper: every site's PGD runs through the rest of the net."""
 
     name = "lalfa"
 
@@ -405,13 +521,15 @@ class LALFA(ALFA):
         normalize: bool = True,
         bn_mode: str = "train",
         detach_prefix: bool = True,
+        bn_order: str = "official",
         gamma: float = 1.0,
         eta_init: float = 1.0,
         eta_lr: float | None = 0.01,
+        eta_schedule: bool = False,
         eta_constraint: str = "simplex",
     ) -> None:
         if nodes is None and granularity is None:
-            granularity = "stage"
+            granularity = "official"
         super().__init__(
             model,
             nodes,
@@ -424,6 +542,7 @@ class LALFA(ALFA):
             normalize,
             bn_mode,
             detach_prefix,
+            bn_order,
         )
         check(gamma >= 0, f"gamma must be >= 0, got {gamma}")
         check(eta_lr is None or eta_lr > 0, f"eta_lr must be > 0 or None (the base lr): {eta_lr}")
@@ -433,6 +552,7 @@ class LALFA(ALFA):
         )
         self.gamma = float(gamma)
         self.eta_lr = eta_lr
+        self.eta_schedule = bool(eta_schedule)
         self.eta_constraint = eta_constraint
         self.eta = nn.Parameter(torch.full((len(self.sites),), float(eta_init)))
 
@@ -446,9 +566,15 @@ class LALFA(ALFA):
         return out
 
     def param_groups(self, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """eta in its own group: lr ``eta_lr`` (None: the base lr), no weight decay."""
+        """eta in its own group: lr ``eta_lr`` (None: the base lr), no weight decay, kept out of
+        the trainer's lr schedule (``fixed_lr``) unless ``eta_schedule``."""
         rest = [p for p in self.parameters() if p.requires_grad and p is not self.eta]
-        eta_group = {**base, "params": [self.eta], "weight_decay": 0.0}
+        eta_group = {
+            **base,
+            "params": [self.eta],
+            "weight_decay": 0.0,
+            "fixed_lr": not self.eta_schedule,
+        }
         if self.eta_lr is not None:
             eta_group["lr"] = self.eta_lr
         return [{"params": rest, **base}, eta_group]

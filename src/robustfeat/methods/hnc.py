@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check
-from ..interpret.cam import cam_from_features, last_stage_features, positives_mask
+from ..interpret.cam import (
+    cam_from_features,
+    last_stage_features,
+    positives_mask,
+    small_class_map_warning,
+)
 from ..models.base import StagedModel
 from ..nn.topk_pool import global_avg_pool2d
 from ._base import Method
@@ -147,6 +152,9 @@ class HNC(Method):
             self.label_count += targets.detach().double().sum(0)
             self.label_seen += targets.shape[0]
         return (self.label_count / self.label_seen.clamp_min(1)).float()
+
+    def startup_warnings(self, total_steps: int, image_shape: tuple[int, ...]) -> list[str]:
+        return small_class_map_warning(self.eval_model(), image_shape, self.name)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cams = cam_from_features(last_stage_features(self.model, x), self.classifier, bias=True)

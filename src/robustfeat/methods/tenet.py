@@ -7,26 +7,34 @@ samples it uses:
 1. CFG (Eqs. 1-2): the C channel maps of each sample (h·w vectors) are clustered into N_G groups
    by k-means whose centres snap to the nearest real channel after each update (k-medoids);
 2. GMW (Eqs. 3-5): channel weights w_j (spatial mean of dL_d/da_j, L_d the predicted class's
-   score), group importance I_l (mean w_j of the group) and group map m_l (mean w_j·a_j);
+   score), group importance I_l (Σ w_j over the group) and group map m_l (Σ w_j·a_j);
 3. RRF (Eq. 6): a reversed map rm_l = 1 / (1 + e^{m_l}) per group, applied to every channel of the
    group (Eq. 7, group-wise Hadamard product), without gradient through the mask;
 4. loss (Eq. 9): L_c(y, D(A)) + α L_c(y, D(RM ⊗ A)) + μ L_o(A).
 
-Facts taken from the official code (github.com/LinusWu/TENET_Training) where the paper is vague:
+Facts taken from the official code (github.com/LinusWu/TENET_Training) where the paper is vague
+or differs, all defaults here:
 
 - the node: the output of the middle of three stages for the CIFAR ResNeXt-29 (``feature_id=3``
   of stem + 3 stages). Our default is the second-to-last stage, which is that node for 3-stage
   CIFAR nets and the third residual stage of 4-stage nets (the paper's Fig. 5 for ResNet-50);
+- features (``features="eval"``): the grouping, the saliency gradient and the masks use A
+  recomputed with the whole model in eval mode (BN running statistics; one extra forward of F on
+  the used samples, without gradient); the masks then multiply the training forward's A;
 - CFG: initial centres are a random subset of the channels; after each k-means update a centre
   snaps to the nearest channel not already taken by a lower-numbered centre in the same update
-  (distinct centres); stop when (Σ_l ||c_l - c_l'||)² < 1e-4 or after 50 iterations. Squared
-  Euclidean distances are not divided by h·w (Eq. 1's mean): the argmins are the same and the
-  stopping threshold is the official one on unnormalised vectors;
-- GMW: L_d is the *sigmoid* of the class logit, taken with the model in eval mode (BN running
-  statistics) — ``score="logit"`` is the paper's literal D(A)·One-Hot(D(A)). With the z-score
-  below the two give the same mask up to the 1e-8 in the denominator (the sigmoid only scales a
-  sample's gradients by a positive factor), except that for very confident samples the sigmoid's
-  gradient underflows that 1e-8 and the mask flattens towards 0.5;
+  (distinct centres); a group left empty moves to the lowest-index channel not so taken; stop
+  when (Σ_l ||c_l - c_l'||)² < 1e-4 or after 50 iterations; the groups returned are those of the
+  last assignment step (to the centres before the last update). Squared Euclidean distances are
+  not divided by h·w (Eq. 1's mean): the argmins are the same and the stopping threshold is the
+  official one on unnormalised vectors;
+- GMW: L_d is the *sigmoid* of the class logit, taken with the model in eval mode —
+  ``score="logit"`` is the paper's literal D(A)·One-Hot(D(A)). I_l and m_l are *sums* over the
+  group's channels (Eqs. 4-5 print means; the sign of I_l is the same, and RRF's z-score below
+  removes m_l's scale except against its 1e-8, so the sum keeps masks away from 0.5 N_l times
+  longer as gradients shrink). With the z-score the sigmoid gives the same mask as the logit up
+  to that 1e-8 (it only scales a sample's gradients by a positive factor), except that for very
+  confident samples its gradient underflows the 1e-8 and the mask flattens towards 0.5;
 - RRF: m_l is z-scored over space first ((m - mean) / (std + 1e-8), population std), and groups
   with I_l <= 0 get mask 1 (no inhibition; Sec. 4.2: "we only regularize the groups with higher
   importance scores"). The literal Eq. 6, sgn(I_l > 0) · ..., would give them mask 0 (remove the
@@ -35,23 +43,33 @@ Facts taken from the official code (github.com/LinusWu/TENET_Training) where the
   non-empty group, the absolute inner products of all pairs of them, summed and divided by the
   number of pairs; averaged over the samples. Raw (unnormalised) inner products, hence the
   official CIFAR weight μ = 1e-3 (the paper's 0.1 is the VOC/ResNet-18 setting): our default;
-- schedule: TENET starts after 500 optimizer steps, runs every 3rd step, and only on the samples
-  the network classifies correctly (CIFAR config: TENET_Switch_Number=500, thinking_alpha=3);
-  on those, L_d's class is both the label (official) and the prediction (paper).
+- schedule: TENET runs on the training steps t = 1, 2, ... with t >= 500 and t divisible by 3
+  (501, 504, ...), and only on the samples the network classifies correctly (CIFAR config:
+  TENET_Switch_Number=500, thinking_alpha=3); on those, L_d's class is both the label (official)
+  and the prediction (paper).
 
-Deviations (documented, options where it matters): the official CIFAR loop takes a separate
-optimizer step for α L_c(ŷ) + μ L_o after the plain CE step; we take the joint loss of Eq. 9 in
-one step (the Method contract: one loss per step), reusing the training forward's A for the
-inhibited pass. By default the grouping and the saliency also use that A, with D in eval mode
-for the gradient (``features="train"``); ``features="eval"`` recomputes A with F in eval mode
-as the official code does (one extra forward of F on the used samples). As in the official code,
-D's BN statistics are updated by both training-mode passes (plain and inhibited).
+Every remaining deliberate difference from the official code:
 
-The per-sample grouping of the official code is a Python loop over samples and groups; ours is
-batched over samples on the device (``channel_grouping``; the per-sample reference loop is in
-benchmarks/tenet_grouping.py and the tests check they agree exactly). The instance-wise variant's
-map is Grad-CAM (ReLU(Σ_j w_j a_j)) computed from the same w_j: pytorch-grad-cam would redo the
-forward/backward per call and returns upsampled numpy maps, not a batched tensor on the device.
+- one step, not two: the official CIFAR loop takes a separate optimizer step for
+  α L_c(ŷ) + μ L_o after the plain CE step (with the CE step's momentum, and the masks computed
+  after it); we take the joint loss of Eq. 9 in one step (the Method contract: one loss per
+  step), reusing the training forward's A for the inhibited pass, so D's BN statistics see both
+  training-mode passes (plain and inhibited) and F's see one (official: two);
+- ``features="train"`` (not official, the default before issue 27) groups and weighs the
+  training forward's A (train-mode BN) instead, with D still in eval mode for the gradient,
+  saving the extra forward;
+- the per-sample grouping of the official code is a Python loop over samples and groups; ours is
+  batched over samples on the device (``channel_grouping``; the per-sample reference loop is in
+  benchmarks/tenet_grouping.py and the tests check they agree exactly). Near-ties (distances
+  within a relative 1e-5) go to the lowest index where the official argmin follows float
+  rounding;
+- the initial centres are drawn from torch's RNG (re-seeded by the trainer every step), not
+  NumPy's; the optimizer and schedule are the trainer's (the recipe's);
+- the channel- and instance-wise variants (Tables 2-3) and the binary mask are not in the
+  official code: they follow the paper's description with the same z-score. The instance-wise
+  map is Grad-CAM (ReLU(Σ_j w_j a_j)) computed from the same w_j: pytorch-grad-cam would redo
+  the forward/backward per call and returns upsampled numpy maps, not a batched tensor on the
+  device.
 """
 
 from __future__ import annotations
@@ -119,18 +137,18 @@ def snap_centres(
     """Eq. (2), CF(IDS): each group's mean, snapped to the nearest channel (B, K).
 
     Distinct centres: group l takes the nearest channel not taken by groups 0..l-1 in this update
-    (the official order). An empty group's "mean" is its current centre, so it stays put unless
-    an earlier group took that channel."""
+    (the official order). An empty group has no mean: it moves to the lowest-index channel not
+    taken by groups 0..l-1, as the official code does (its mean of no channels is NaN, and
+    NumPy's argmin of an all-NaN distance returns the first index not yet excluded)."""
     batch, channels, _ = x.shape
     groups = centres.shape[1]
     onehot = F.one_hot(assign, groups).to(x.dtype)  # (B, C, K)
     counts = onehot.sum(dim=1)  # (B, K)
     means = torch.bmm(onehot.transpose(1, 2), x) / counts.clamp_min(1)[:, :, None]
-    empty = counts == 0
-    if empty.any():
-        means = torch.where(empty[:, :, None], _gather_channels(x, centres), means)
     norms = sq[:, :, None] + means.square().sum(dim=2)[:, None, :]  # (B, C, K)
     dist = norms - 2 * torch.bmm(x, means.transpose(1, 2))
+    # an empty group: every channel ties, so the first free one wins
+    dist = dist.masked_fill((counts == 0)[:, None, :], 0.0)
     taken = torch.zeros(batch, channels, dtype=torch.bool, device=x.device)
     rows = torch.arange(batch, device=x.device)
     snapped = torch.empty_like(centres)
@@ -151,8 +169,10 @@ def channel_grouping(
     initial centre channels. Iterates assignment (Eq. 1) and snapped k-means update (Eq. 2)
     per sample until its centres are stable — (Σ_l ||c_l - c_l'||)² < ``tol`` — or ``max_iter``
     updates; each iteration works on the samples not yet converged only. Returns the group index
-    of every channel (B, C), each assigned to its nearest final centre, and the centres (B, K).
-    Computed in float32 (float64 kept), without gradient.
+    of every channel (B, C) from the last assignment step, i.e. to the centres *before* the last
+    update, as the official code does (they differ from the final centres' assignment only when
+    ``max_iter`` stops a sample, or a shift below ``tol`` still moved a centre), and the final
+    centres (B, K). Computed in float32 (float64 kept), without gradient.
     """
     with torch.no_grad():
         x = maps.detach()
@@ -165,7 +185,6 @@ def channel_grouping(
         work = torch.arange(x.shape[0], device=x.device)
         xw, sqw = x, sq
         iterating = torch.ones_like(work, dtype=torch.bool)
-        stale = torch.zeros_like(work, dtype=torch.bool)  # assignment is to pre-update centres
         for _ in range(max_iter):
             if int(iterating.sum()) <= work.numel() // 2:
                 keep = iterating.nonzero().squeeze(1)
@@ -179,13 +198,9 @@ def channel_grouping(
             rows = work[iterating]
             assign[rows] = groups_of[iterating]
             centres[rows] = new[iterating]
-            stale[rows] = (new != current).any(dim=1)[iterating]
             iterating = iterating & (shift.square() >= tol)
             if not bool(iterating.any()):
                 break
-        redo = stale.nonzero().squeeze(1)
-        if redo.numel():  # stopped by max_iter, or by a shift below tol that moved a centre
-            assign[redo] = nearest_centre(x.index_select(0, redo), sq[redo], centres[redo])
         return assign, centres
 
 
@@ -195,24 +210,33 @@ def channel_weights(grad: torch.Tensor) -> torch.Tensor:
     return global_avg_pool2d(grad.float())
 
 
+def _group_sum(values: torch.Tensor, assign: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sum over the channels of each group: values (B, C, P), assign (B, C) -> (B, K, P); an
+    empty group's sum is 0."""
+    return torch.bmm(F.one_hot(assign, groups).to(values.dtype).transpose(1, 2), values)
+
+
 def _group_mean(values: torch.Tensor, assign: torch.Tensor, groups: int) -> torch.Tensor:
-    """Mean over the channels of each group: values (B, C, P), assign (B, C) -> (B, K, P); an
-    empty group's mean is 0."""
-    onehot = F.one_hot(assign, groups).to(values.dtype)
-    counts = onehot.sum(dim=1).clamp_min(1)
-    return torch.bmm(onehot.transpose(1, 2), values) / counts[:, :, None]
+    """Mean over the channels of each group (B, K, P); an empty group's mean is 0."""
+    counts = F.one_hot(assign, groups).sum(dim=1).clamp_min(1).to(values.dtype)
+    return _group_sum(values, assign, groups) / counts[:, :, None]
 
 
 def group_importance(weights: torch.Tensor, assign: torch.Tensor, groups: int) -> torch.Tensor:
-    """GMW, Eq. (4): I_l = mean of w_j over the channels of group l. (B, C) -> (B, K)."""
-    return _group_mean(weights[:, :, None], assign, groups)[:, :, 0]
+    """GMW, Eq. (4) as the official code computes it: I_l = the *sum* of w_j over the channels of
+    group l (the paper's 1/N_l does not change the sign, the only thing I_l decides). (B, C) ->
+    (B, K)."""
+    return _group_sum(weights[:, :, None], assign, groups)[:, :, 0]
 
 
 def group_maps(
     maps: torch.Tensor, weights: torch.Tensor, assign: torch.Tensor, groups: int
 ) -> torch.Tensor:
-    """GMW, Eq. (5): m_l = mean of w_j·a_j over the channels of group l. (B, C, P) -> (B, K, P)."""
-    return _group_mean(weights[:, :, None] * maps, assign, groups)
+    """GMW, Eq. (5) as the official code computes it: m_l = the *sum* of w_j·a_j over the
+    channels of group l (the paper writes the mean, 1/N_l times it). RRF's z-score removes the
+    scale except against its fixed 1e-8: with the mean, the mask of a group of N_l channels goes
+    flat N_l times sooner as the gradients shrink. (B, C, P) -> (B, K, P)."""
+    return _group_sum(weights[:, :, None] * maps, assign, groups)
 
 
 # ----------------------------------------------------------------------------- RRF, Eqs. (6)-(7)
@@ -290,7 +314,7 @@ class Tenet(Method):
         standardize: bool = True,
         negative_mask: float = 1.0,
         score: str = "sigmoid",
-        features: str = "train",
+        features: str = "eval",
         start_step: int = 500,
         every: int = 3,
         correct_only: bool = True,
@@ -336,9 +360,25 @@ class Tenet(Method):
 
     # ------------------------------------------------------------------ schedule
     def active(self) -> bool:
-        """Whether the next training step is a TENET step (start_step, every)."""
-        step = int(self.steps_done)
-        return self.training and step >= self.start_step and step % self.every == 0
+        """Whether the next training step is a TENET step: its 1-based number t (the official
+        ``global_ite``) has t >= ``start_step`` and t % ``every`` == 0 (official: 501, 504, ...)."""
+        iteration = int(self.steps_done) + 1
+        return self.training and iteration >= self.start_step and iteration % self.every == 0
+
+    def first_active_step(self) -> int:
+        """The 1-based number of the first TENET step (the schedule of ``active``)."""
+        start = max(self.start_step, 1)
+        return start + (-start) % self.every
+
+    def startup_warnings(self, total_steps: int, image_shape: tuple[int, ...]) -> list[str]:
+        first = self.first_active_step()
+        if first <= total_steps:
+            return []
+        return [
+            f"tenet: its first step is {first} (start_step {self.start_step}, every "
+            f"{self.every}) but the run has {total_steps} steps: TENET never acts and this is "
+            "plain CE; lower --method-arg start_step or train longer"
+        ]
 
     def after_step(self) -> None:
         self.steps_done += 1

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check
-from ..interpret.cam import to_input_size
+from ..interpret.cam import small_class_map_warning, to_input_size
 from ..models.base import StagedModel
 from ..nn.fpn_head import FPNHead
 from ..nn.topk_pool import check_k, global_avg_pool2d, topk_pool2d
@@ -231,6 +231,9 @@ class TopGAP(Method):
 
     def after_step(self) -> None:
         self.steps_done += 1
+
+    def startup_warnings(self, total_steps: int, image_shape: tuple[int, ...]) -> list[str]:
+        return small_class_map_warning(self.eval_model(), image_shape, self.name)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.model.class_maps(x)

@@ -41,11 +41,11 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, UnknownNameError
+from ..io import read_safetensors_header
 from .base import StagedModel
 
 AVG_POOL_TYPES = ("avg", "fast", "fastavg")
@@ -79,6 +79,10 @@ class TimmStagedModel(StagedModel):
         return self._num_classes
 
 
+# timm.create_model options that name a weights file timm would read itself, pickle included
+TIMM_FILE_OPTIONS = frozenset({"checkpoint_path", "pretrained_cfg"})
+
+
 def create_timm_model(
     name: str,
     num_classes: int,
@@ -109,6 +113,12 @@ def create_timm_model(
     ):
         raise ConfigError(f"default_input_size must be an int >= 8, got {default_input_size!r}")
     arch = _check_name(name.removeprefix("timm/"))
+    loaders = sorted(set(timm_kwargs) & TIMM_FILE_OPTIONS)
+    if loaders:  # timm reads these with torch.load, i.e. unpickles them
+        raise ConfigError(
+            f"timm option {loaders[0]} is refused: timm would load its file with torch.load "
+            "(a pickle can run code); give weights as pretrained_file=<path.safetensors>"
+        )
     overlay = _weights_overlay(arch, pretrained, pretrained_file)
     try:
         model = timm.create_model(
@@ -173,16 +183,14 @@ def _file_overlay(arch: str, path: str) -> dict[str, Any]:
     """Overlay for a local file; ``num_classes`` is the file's own, so that timm keeps a classifier
     that fits (it drops the classifier only when the file's class count differs)."""
     overlay: dict[str, Any] = {"file": path, "source": ""}
-    cfg = timm.models.get_pretrained_cfg(arch)
-    classifier = getattr(cfg, "classifier", None)
-    if isinstance(classifier, str):
-        try:
-            with safe_open(path, framework="pt") as f:
-                key = f"{classifier}.weight"
-                if key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    overlay["num_classes"] = f.get_slice(key).get_shape()[0]
-        except Exception as err:  # safetensors raises its own error type for corrupt files
-            raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+    try:  # checked (pickle, sizes) before timm reads it
+        header = read_safetensors_header(Path(path))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot read pretrained_file: {err}") from err
+    classifier = getattr(timm.models.get_pretrained_cfg(arch), "classifier", None)
+    entry = header.get(f"{classifier}.weight") if isinstance(classifier, str) else None
+    if isinstance(entry, dict) and entry.get("shape"):
+        overlay["num_classes"] = entry["shape"][0]
     return overlay
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import safe_name
+from .claims import DEFAULT_CLAIMS, claims_table, load_claims
 from .collect import CellGroup, Collection, collect, group, read_json
 from .plots import Plot, make_plots, sweep_plot
 from .render import Report, Section, report_html, report_markdown, table_markdown, update_readme
@@ -17,6 +19,7 @@ from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml
 from .tables import (
     LEGEND,
     Table,
+    assign_rows,
     cam_table,
     cells_table,
     count,
@@ -30,6 +33,7 @@ from .tables import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_FIGURE_BYTES = 64 * 2**20
 FIGURE_INDEX = ("index.yaml", "index.yml", "index.json")
 EXTERNAL_SECTION = "Figures from trained models"
 
@@ -64,9 +68,15 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise ConfigError(f"{index}: figure {i} needs a `file`")
-        path = directory / entry["file"]
+        # a file of this directory only: no path, no link out (nothing else on disk embedded)
+        path = directory / safe_name(entry["file"], f"{index}: figure {i} file")
         if not path.is_file():
             raise ConfigError(f"{index}: figure file {path} does not exist")
+        if path.is_symlink() or path.stat().st_size > MAX_FIGURE_BYTES:
+            raise ConfigError(
+                f"{path} is a symlink or over {MAX_FIGURE_BYTES} bytes; figures are plain PNG "
+                "files inside the --figures directory"
+            )
         png = path.read_bytes()
         if not png.startswith(PNG_SIGNATURE):
             raise ConfigError(f"{path} is not a PNG file")
@@ -94,6 +104,25 @@ def scale_note(groups: list[CellGroup], spec: Spec) -> str:
     )
 
 
+def papers_section(spec: Spec, groups: list[CellGroup]) -> Section:
+    """The papers' tables that some run fills (runs on the paper's datasets, e.g. CIFAR-10 /
+    CIFAR-100); a report on other data gets none, and says so."""
+    filled = [t for t in spec.tables if any(assign_rows(t, groups).values())]
+    left_out = [t.title for t in spec.tables if t not in filled]
+    paragraphs = [
+        "One table per paper in the layout of its headline table, for the papers whose rows "
+        "some run fills (runs on the paper's datasets: "
+        f"{', '.join(sorted({d for t in spec.tables for d in t.datasets}))}); rows with no "
+        "matching cell say 'not run'. The cell → row mapping and the papers' values live in "
+        "robustfeat/report/paper_values.yaml."
+    ]
+    if left_out:
+        paragraphs.append(f"No run fills (left out): {'; '.join(left_out)}.")
+    if filled:
+        paragraphs.append(LEGEND)
+    return Section("Beside the papers", paragraphs, tables=[paper_table(t, groups) for t in filled])
+
+
 def readme_markdown(
     results: list[Table], perf: list[Table], groups: list[CellGroup], command: str
 ) -> str:
@@ -113,6 +142,7 @@ def build(
     figures: Sequence[str | Path] = (),
     perf: str | Path | None = None,
     tables: str | Path | None = None,
+    claims: str | Path | None = None,
     perf_goals: str | Path | None = None,
     command: str = "robustfeat report",
     plots: bool = True,
@@ -121,7 +151,8 @@ def build(
     groups, diverged = group(collection.runs), group(collection.diverged)
     spec = load_spec(tables or DEFAULT_TABLES)
     goals = load_yaml(perf_goals or DEFAULT_PERF_GOALS)
-    tables = [cells_table(groups, spec, diverged), cam_table(groups, spec)]
+    claims_rerun = claims_table(load_claims(claims or DEFAULT_CLAIMS), groups)
+    tables = [claims_rerun, cells_table(groups, spec, diverged), cam_table(groups, spec)]
     tables += [sweep_table(sweep, spec, groups, diverged) for sweep in spec.sweeps]
     results = [t for t in tables if t is not None]
     perf_list = perf_tables(collection.perf, goals) if collection.perf else []
@@ -138,16 +169,7 @@ def build(
             ],
         ),
         Section("Results: all cells", tables=results),
-        Section(
-            "Beside the papers",
-            [
-                "One table per paper in the layout of its headline table; rows with no matching "
-                "cell say 'not run'. The cell → row mapping and the papers' values live in "
-                "robustfeat/report/paper_values.yaml.",
-                LEGEND,
-            ],
-            tables=[paper_table(t, groups) for t in spec.tables],
-        ),
+        papers_section(spec, groups),
         Section("Gradient-masking flags", tables=[flags_table(groups)]),
     ]
     if plots:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import read_yaml_document
 from ..errors import ConfigError
 
 RESULTS_SCHEMA = "robustfeat.results/1"
@@ -125,8 +124,8 @@ def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = read_yaml_document(path)
+    except ConfigError:
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -19,7 +19,7 @@ from matplotlib.ticker import NullFormatter
 
 from ..config import SELECTION_CRITERIA
 from .collect import CellGroup, Run
-from .spec import Sweep
+from .spec import Sweep, train_seconds
 from .stats import Stat, summarize
 from .tables import cell_stat
 
@@ -248,8 +248,8 @@ def cost_plot(groups: list[CellGroup], palette: dict[str, Any]) -> bytes | None:
 
 
 def _train_minutes(run: Run) -> float | None:
-    seconds = run.info.get("train_seconds")
-    return seconds / 60 if isinstance(seconds, (int, float)) else None
+    seconds = train_seconds(run)
+    return None if seconds is None else seconds / 60
 
 
 def _clean(run: Run) -> Any:

@@ -9,12 +9,12 @@ it (validating every field, so a typo is a clear ConfigError) and evaluates metr
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import read_yaml_document
 from ..errors import ConfigError
 from .collect import CellGroup, Run
 from .stats import parse_eps
@@ -31,6 +31,9 @@ METRIC_KINDS = (
     "train_s_per_epoch",
     "cam",
     "shift",
+    "train",  # accuracy on the un-augmented training images (results["train"])
+    "train_gap",  # train - clean test accuracy
+    "eta_last",  # L-ALFA: the learned η of its deepest site at the end of training
 )
 # results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
 # IoU and ERF distance up; L1 sparsity (Top-GAP Sec. 4.2) and negative-CAM peakiness (HNC) down
@@ -41,6 +44,13 @@ CAM_FIELDS = {
     "neg_peakiness": False,
     "erf_distance": True,
 }
+# dataset families by the name in a run's data spec (``cifar10``, ``zip:.../cifar10-jpeg.zip``):
+# the papers' tables take runs on these (a table may list its own); a user's own data fills none
+DATASET_FAMILIES = (
+    ("cifar100", re.compile(r"cifar[-_]?100(?!\d)")),
+    ("cifar10", re.compile(r"cifar[-_]?10(?!\d)")),
+)
+PAPER_DATASETS = ("cifar10", "cifar100")
 EPOCHS = ("last", "best")  # which weights of a run: the final ones, or the best epoch's
 MATCH_KEYS = ("name", "eps", "steps", "restarts", "norm", "label", "loss", "kind")
 EPS_TOLERANCE = 1e-6
@@ -63,9 +73,15 @@ class Metric:
         return not (self.error or self.kind in ("clean_error", "mce", "train_s_per_epoch"))
 
     @property
+    def descriptive(self) -> bool:
+        """Describes the training (time, fit of the train set), not a better or worse model:
+        shown without an improvement marker."""
+        return self.kind in ("train_s_per_epoch", "train", "train_gap")
+
+    @property
     def is_fraction(self) -> bool:
         """Accuracies and errors (shown in %), as opposed to seconds or plain CAM scores."""
-        return self.kind not in ("train_s_per_epoch", "cam")
+        return self.kind not in ("train_s_per_epoch", "cam", "eta_last")
 
 
 @dataclass(frozen=True)
@@ -114,9 +130,13 @@ class PaperTable:
     rows: tuple[Row, ...]
     notes: tuple[str, ...]
     exclude_recipes: tuple[str, ...] = ()  # globs over bench recipes kept out of the rows
+    datasets: tuple[str, ...] = PAPER_DATASETS  # dataset families whose runs may fill the rows
 
     def takes(self, group: CellGroup) -> bool:
-        """Whether the group's recipe may fill this table (runs outside a recipe always may)."""
+        """Whether the group may fill this table: trained on one of its datasets, and from a
+        recipe not excluded (runs outside a recipe always may)."""
+        if dataset_family(group_data(group)) not in self.datasets:
+            return False
         return group.recipe is None or not any(
             fnmatch.fnmatchcase(group.recipe, pat) for pat in self.exclude_recipes
         )
@@ -172,15 +192,28 @@ class Spec:
         raise ConfigError(f"no paper table {table_id!r}; tables: {[t.id for t in self.tables]}")
 
 
+def dataset_family(data: str | None) -> str | None:
+    """``cifar10`` / ``cifar100`` for a run's data spec (the dataset's name or its file's), else
+    None (the user's own data, shapes, ...)."""
+    name = Path(str(data or "")).name.lower()
+    return next((family for family, pattern in DATASET_FAMILIES if pattern.search(name)), None)
+
+
+def group_data(group: CellGroup) -> str | None:
+    """The data spec the group's runs trained on (None if they differ or do not say)."""
+    values = {str(r.info.get("data")) for r in group.runs}
+    return values.pop() if len(values) == 1 else None
+
+
 # ------------------------------------------------------------------ reading the YAML
-def _need(mapping: Any, key: str, where: str) -> Any:
+def need(mapping: Any, key: str, where: str) -> Any:
     if not isinstance(mapping, dict) or key not in mapping:
         raise ConfigError(f"{where}: missing `{key}`")
     return mapping[key]
 
 
-def _metric(raw: Any, where: str) -> Metric:
-    kind = _need(raw, "kind", where)
+def parse_metric(raw: Any, where: str) -> Metric:
+    kind = need(raw, "kind", where)
     if kind not in METRIC_KINDS:
         raise ConfigError(
             f"{where}: unknown metric kind {kind!r}; valid: {', '.join(METRIC_KINDS)}"
@@ -240,16 +273,16 @@ def _globs(raw: Any, where: str, key: str = "exclude_recipes") -> tuple[str, ...
 
 def _columns(raw: Any, where: str) -> tuple[Column, ...]:
     columns = []
-    for j, col in enumerate(_need(raw, "columns", where)):
+    for j, col in enumerate(need(raw, "columns", where)):
         cw = f"{where} column {j}"
-        key = _need(col, "key", cw)
+        key = need(col, "key", cw)
         subs = col.get("paper") or [{"key": key, "label": "paper"}]
         columns.append(
             Column(
                 key=key,
-                label=_need(col, "label", cw),
-                metric=_metric(_need(col, "metric", cw), f"{cw} ({key})"),
-                paper=tuple(SubColumn(_need(s, "key", cw), _need(s, "label", cw)) for s in subs),
+                label=need(col, "label", cw),
+                metric=parse_metric(need(col, "metric", cw), f"{cw} ({key})"),
+                paper=tuple(SubColumn(need(s, "key", cw), need(s, "label", cw)) for s in subs),
             )
         )
     return tuple(columns)
@@ -258,14 +291,14 @@ def _columns(raw: Any, where: str) -> tuple[Column, ...]:
 def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
     """One table; ``exclude_recipes``: the file's default, unless the table sets its own."""
     where = f"table {i}"
-    table_id = _need(raw, "id", where)
+    table_id = need(raw, "id", where)
     where = f"table {table_id!r}"
     columns = _columns(raw, where)
     paper_keys = {s.key for c in columns for s in c.paper}
     rows = []
-    for j, row in enumerate(_need(raw, "rows", where)):
+    for j, row in enumerate(need(raw, "rows", where)):
         rw = f"{where} row {j}"
-        label = _need(row, "label", rw)
+        label = need(row, "label", rw)
         paper = row.get("paper") or {}
         unknown = sorted(set(paper) - paper_keys)
         if unknown:
@@ -293,7 +326,7 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
         raise ConfigError(f"{where}: paper_unit must be percent or fraction, got {unit!r}")
     return PaperTable(
         id=table_id,
-        title=_need(raw, "title", where),
+        title=need(raw, "title", where),
         source=str(raw.get("source", "")).strip(),
         paper_setting=str(raw.get("paper_setting", "")),
         paper_scale=100.0 if unit == "fraction" else 1.0,
@@ -303,23 +336,26 @@ def _table(raw: Any, i: int, exclude_recipes: tuple[str, ...]) -> PaperTable:
         exclude_recipes=(
             _globs(raw["exclude_recipes"], where) if "exclude_recipes" in raw else exclude_recipes
         ),
+        datasets=_globs(raw["datasets"], where, "datasets")
+        if "datasets" in raw
+        else PAPER_DATASETS,
     )
 
 
 def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
     where = f"sweep {i}"
-    sweep_id = _need(raw, "id", where)
+    sweep_id = need(raw, "id", where)
     where = f"sweep {sweep_id!r}"
     columns = _columns(raw, where)
     keys = [c.key for c in columns]
-    accuracy = _need(raw, "accuracy", where)
-    robustness = tuple(_need(raw, "robustness", where))
+    accuracy = need(raw, "accuracy", where)
+    robustness = tuple(need(raw, "robustness", where))
     unknown = sorted({accuracy, *robustness} - set(keys))
     if unknown:
         raise ConfigError(f"{where}: ranks by unknown column(s) {unknown}; columns: {keys}")
     claim = raw.get("claim")
     if claim is not None:
-        table_id, label = _need(claim, "table", where), _need(claim, "row", where)
+        table_id, label = need(claim, "table", where), need(claim, "row", where)
         by_id = {t.id: t for t in tables}
         if table_id not in by_id:
             raise ConfigError(f"{where}: claim table {table_id!r} is not one of {sorted(by_id)}")
@@ -330,8 +366,8 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
         raise ConfigError(f"{where}: `protocol` is an evaluation suite's name, got {protocol!r}")
     return Sweep(
         id=sweep_id,
-        title=_need(raw, "title", where),
-        cells=_globs(_need(raw, "cells", where), where, "cells"),
+        title=need(raw, "title", where),
+        cells=_globs(need(raw, "cells", where), where, "cells"),
         recipes=_globs(raw.get("recipes", ["*"]), where, "recipes"),
         reference=raw.get("reference"),
         columns=columns,
@@ -345,13 +381,7 @@ def _sweep(raw: Any, i: int, tables: tuple[PaperTable, ...]) -> Sweep:
 
 def read_yaml(path: str | Path) -> Any:
     """Any YAML document (safe loader); unreadable or invalid files are a ConfigError."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    return read_yaml_document(Path(path))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -365,7 +395,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def load_spec(path: str | Path = DEFAULT_TABLES) -> Spec:
     data = load_yaml(path)
     excluded = _globs(data.get("exclude_recipes"), str(path))
-    tables = tuple(_table(t, i, excluded) for i, t in enumerate(_need(data, "tables", str(path))))
+    tables = tuple(_table(t, i, excluded) for i, t in enumerate(need(data, "tables", str(path))))
     sweeps = tuple(_sweep(s, i, tables) for i, s in enumerate(data.get("sweeps") or ()))
     return Spec(tables, str(data.get("reference_cell", "ce")), sweeps)
 
@@ -409,14 +439,20 @@ def epochs_trained(run: Run) -> int | None:
     return epochs if isinstance(epochs, int) and epochs > 0 else None
 
 
+def train_seconds(run: Run) -> float | None:
+    """The run's training time: results.json's record, else its last metrics.jsonl epoch's
+    (a run re-evaluated by an older version lost the former)."""
+    seconds = _number(run.info.get("train_seconds"))
+    if seconds is None and run.epochs:
+        seconds = _number(run.epochs[-1].get("train_seconds"))
+    return seconds
+
+
 def train_seconds_per_epoch(run: Run) -> float | None:
-    seconds = run.info.get("train_seconds")
-    if not isinstance(seconds, (int, float)) and run.epochs:
-        seconds = run.epochs[-1].get("train_seconds")
-    epochs = epochs_trained(run)
-    if not isinstance(seconds, (int, float)) or not epochs:
+    seconds, epochs = train_seconds(run), epochs_trained(run)
+    if seconds is None or not epochs:
         return None
-    return float(seconds) / epochs
+    return seconds / epochs
 
 
 def _topk(entry: dict[str, Any], k: int) -> float | None:
@@ -447,6 +483,13 @@ def epoch_results(run: Run, epoch: str) -> dict[str, Any] | None:
         return None
     evaluation = best.get("evaluation")
     return evaluation if isinstance(evaluation, dict) else run.results
+
+
+def eta_last(run: Run) -> float | None:
+    """L-ALFA's learned η of its deepest site (the last one logged, sites in network order) in
+    the run's final epoch record (``eta/<site>`` in metrics.jsonl)."""
+    etas = [v for k, v in run.epochs[-1].items() if k.startswith("eta/")] if run.epochs else []
+    return _number(etas[-1]) if etas else None
 
 
 def measure(run: Run, metric: Metric) -> float | None:
@@ -487,6 +530,13 @@ def measure(run: Run, metric: Metric) -> float | None:
         ]
         found = [v for v in found if v is not None]
         value = min(found) if found else None
+    elif metric.kind in ("train", "train_gap"):
+        train = _number(_mapping(r, "train").get("accuracy"))
+        test = _number(clean.get("accuracy"))
+        gap = metric.kind == "train_gap" and train is not None and test is not None
+        value = train - test if gap else train  # type: ignore[operator]
+    elif metric.kind == "eta_last":
+        return eta_last(run)
     else:
         return train_seconds_per_epoch(run)
     if value is not None and metric.error and metric.kind == "attack":

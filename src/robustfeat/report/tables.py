@@ -34,6 +34,7 @@ from .spec import (
     Sweep,
     matching_attacks,
     measure,
+    train_seconds,
 )
 from .stats import MARKERS, MASKED, Stat, compare, format_stat, summarize
 
@@ -73,7 +74,7 @@ def format_measured(stat: Stat | None, metric: Metric) -> str:
         return "–"
     if metric.is_fraction:
         return format_stat(stat)
-    if metric.kind == "cam":
+    if metric.kind in ("cam", "eta_last"):
         return format_stat(stat, digits=3, scale=1.0)
     return format_stat(stat, digits=1, scale=1.0) + " s"
 
@@ -285,7 +286,7 @@ def _attack_labels(groups: list[CellGroup]) -> list[str]:
 
 def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
     """(column label, metric) of the all-cells table, without columns nobody measured."""
-    columns = [("Clean", Metric("clean"))]
+    columns = [("Clean", Metric("clean")), ("Train", Metric("train")), ("Gap", Metric("train_gap"))]
     columns += [
         (label, Metric("attack", {"label": glob.escape(label), "kind": "standard"}))
         for label in _attack_labels(groups)
@@ -359,6 +360,15 @@ def diverged_note(diverged: Iterable[CellGroup]) -> list[str]:
     return [f"Training diverged (loss NaN/inf, so no results): {'; '.join(cells)}."]
 
 
+def train_fit_note(metrics: list[tuple[str, Metric]]) -> str:
+    if not any(metric.kind == "train" for _, metric in metrics):
+        return ""
+    return (
+        "Train: accuracy on the un-augmented training images (eval mode, against the labels "
+        "trained on), Gap: Train − Clean; "
+    )
+
+
 def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGroup] = ()) -> Table:
     metrics = generic_metrics(groups)
     header = ["Cell", "Method", "AT", "Seeds", *[label for label, _ in metrics], "Flags"]
@@ -371,7 +381,7 @@ def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGrou
             text = format_measured(stat, metric)
             if stat is not None and stat.n < len(group.runs):
                 text += f" (n={stat.n})"
-            if metric.kind != "train_s_per_epoch" and ref is not None:
+            if not metric.descriptive and ref is not None:
                 ref_stat = cell_stat(ref, metric)
                 text = with_marker(text, stat, ref_stat, metric, masked_column(group, metric))
             line.append(text)
@@ -379,7 +389,9 @@ def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGrou
         rows.append(line)
     notes = [
         f"Our runs: {our_setting(groups)}.",
-        "Accuracies in % (mCE: mean corruption error in %); attack columns are the evaluation "
+        "Accuracies in % (mCE: mean corruption error in %); "
+        + train_fit_note(metrics)
+        + "attack columns are the evaluation "
         "suite's attack labels; worst case = per-sample minimum over the suite's main threat "
         "model. Markers compare each cell with "
         f"`{spec.reference_cell}` (or `{spec.reference_cell}+<AT>` for an AT cell) trained on the "
@@ -995,7 +1007,7 @@ def provenance_table(groups: list[CellGroup], perf: dict[str, Any] | None) -> Ta
     rows += [["machine", text, count(n, "run")] for text, n in machines.most_common()]
     if perf is not None:
         rows.append(["machine (perf.json)", _machine_text(perf.get("machine")), "perf benchmark"])
-    train = sum(float(r.info.get("train_seconds") or 0) for r in runs)
+    train = sum(train_seconds(r) or 0.0 for r in runs)
     evaluate = sum(float(r.info.get("eval_seconds") or 0) for r in runs)
     rows.append(
         [

@@ -1,0 +1,155 @@
+"""The claims table (issue 30): each seed paper's headline claim, the paper's figure, ours at
+each training budget (the 10-epoch cpu recipes, the converged protocol), and a verdict.
+
+The claims and where each is measured live in ``claims.yaml`` (data, not code). A claim compares
+a cell with a reference cell of the same recipe by the tables' improvement rule
+(``stats.compare``: ▲ / ≈ / ▼ / ?), or, for a claim about a value (``threshold``), asks whether
+the value lies above the threshold beyond the seeds' spread. The verdict reads the last budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .collect import CellGroup
+from .spec import Metric, load_yaml, need, parse_metric
+from .stats import MARKERS, Stat, compare
+from .tables import Table, cell_stat, format_measured
+
+DEFAULT_CLAIMS = Path(__file__).with_name("claims.yaml")
+# what each outcome of the improvement rule says of a claim that a method improves a metric
+VERDICTS = {
+    "better": "reproduces",
+    "worse": "does not (worse)",
+    "within_spread": "does not (within the seeds' spread)",
+    "unknown": "inconclusive (one seed)",
+}
+NOT_RUN = "not run yet"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a claim is measured at one budget."""
+
+    recipe: str
+    cell: str
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    paper: str
+    claim: str
+    figure: str
+    metric: Metric
+    at: dict[str, Place]  # budget -> place
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Claims:
+    budgets: tuple[str, ...]
+    claims: tuple[Claim, ...]
+
+
+def _place(raw: Any, where: str, value_claim: bool) -> Place:
+    reference = raw.get("reference") if isinstance(raw, dict) else None
+    if value_claim == (reference is not None):
+        want = "no `reference` (it has a threshold)" if value_claim else "a `reference`"
+        raise ConfigError(f"{where}: needs {want}")
+    return Place(str(need(raw, "recipe", where)), str(need(raw, "cell", where)), reference)
+
+
+def _claim(raw: Any, index: int, budgets: tuple[str, ...]) -> Claim:
+    where = f"claim {index}"
+    threshold = raw.get("threshold") if isinstance(raw, dict) else None
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise ConfigError(f"{where}: threshold must be a number, got {threshold!r}")
+    at = need(raw, "at", where)
+    if not isinstance(at, dict) or not set(at) <= set(budgets):
+        raise ConfigError(f"{where}: `at` maps budgets ({', '.join(budgets)}) to places")
+    return Claim(
+        paper=str(need(raw, "paper", where)),
+        claim=str(need(raw, "claim", where)),
+        figure=str(need(raw, "figure", where)),
+        metric=parse_metric(need(raw, "metric", where), where),
+        at={b: _place(p, f"{where} at {b!r}", threshold is not None) for b, p in at.items()},
+        threshold=None if threshold is None else float(threshold),
+    )
+
+
+def load_claims(path: str | Path = DEFAULT_CLAIMS) -> Claims:
+    data = load_yaml(path)
+    budgets = need(data, "budgets", str(path))
+    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, str) for b in budgets):
+        raise ConfigError(f"{path}: `budgets` must be a non-empty list of names")
+    raw = need(data, "claims", str(path))
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: `claims` must be a list")
+    return Claims(tuple(budgets), tuple(_claim(c, i, tuple(budgets)) for i, c in enumerate(raw)))
+
+
+def threshold_verdict(stat: Stat, threshold: float) -> str:
+    """Above ``threshold`` beyond the seeds' spread (mean − std > threshold)?"""
+    if stat.std is None:
+        return VERDICTS["unknown"]
+    if stat.mean - stat.std > threshold:
+        return VERDICTS["better"]
+    if stat.mean + stat.std < threshold:
+        return "does not (below)"
+    return VERDICTS["within_spread"]
+
+
+def measured(
+    claim: Claim, place: Place | None, groups: dict[tuple[str, str], CellGroup]
+) -> tuple[str, str]:
+    """(text for the table, verdict) of one claim at one budget."""
+    group = groups.get((place.recipe, place.cell)) if place else None
+    stat = cell_stat(group, claim.metric) if group else None
+    if place is None or stat is None:
+        return NOT_RUN, NOT_RUN
+    text = f"{format_measured(stat, claim.metric)} (n={stat.n})"
+    if claim.threshold is not None:
+        return f"{text}; above {claim.threshold:g}?", threshold_verdict(stat, claim.threshold)
+    ref_group = groups.get((place.recipe, str(place.reference)))
+    ref = cell_stat(ref_group, claim.metric) if ref_group else None
+    if ref is None:
+        return f"{text}; {place.reference} not run", NOT_RUN
+    outcome = compare(stat, ref, claim.metric.higher_is_better)
+    ref_text = f"{format_measured(ref, claim.metric)} (n={ref.n})"
+    return f"{ref_text} → {text} {MARKERS[outcome]}", VERDICTS[outcome]
+
+
+def claims_table(claims: Claims, groups: list[CellGroup]) -> Table | None:
+    """The claims table, or None when no claim has been measured at any budget."""
+    by_place = {(g.recipe or "", g.cell): g for g in groups}
+    header = ["Paper", "Claim", "Paper's figure", *[f"Ours, {b}" for b in claims.budgets]]
+    header.append(f"Verdict ({claims.budgets[-1]})")
+    rows = []
+    for claim in claims.claims:
+        found = [measured(claim, claim.at.get(b), by_place) for b in claims.budgets]
+        rows.append(
+            [claim.paper, claim.claim, claim.figure, *[text for text, _ in found], found[-1][1]]
+        )
+    if all(text == NOT_RUN for row in rows for text in row[3 : 3 + len(claims.budgets)]):
+        return None
+    notes = [
+        "Ours: reference → cell, mean ± sample std over seeds in % (η: a fraction), n = seeds; "
+        "the marker is the tables' rule (▲ better / ▼ worse beyond the seeds' spread, ≈ within "
+        "it, ? one seed). The verdict reads the last budget: reproduces only on ▲.",
+        "Places: "
+        + "; ".join(
+            f"{b}: " + ", ".join(sorted({p.recipe for c in claims.claims for p in _at(c, b)}))
+            for b in claims.budgets
+        )
+        + " (robustfeat/report/claims.yaml).",
+    ]
+    return Table("claims", "The papers' claims, rerun", header, rows, notes)
+
+
+def _at(claim: Claim, budget: str) -> list[Place]:
+    place = claim.at.get(budget)
+    return [place] if place else []
