@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +10,9 @@ from torch import nn
 from torch.profiler import record_function
 
 
-def step_profile():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"
-    spec = importlib.util.spec_from_file_location("step_profile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(benchmark_script):
+    return benchmark_script("step_profile")
 
 
 @pytest.mark.parametrize(
@@ -45,12 +40,11 @@ def step_profile():
         (["## Call CompiledFxGraph x", "Torch-Compiled Region"], "framework"),
     ],
 )
-def test_op_class_of_an_event_name_chain(chain, expected):
-    assert step_profile().op_class(chain) == expected
+def test_op_class_of_an_event_name_chain(bench, chain, expected):
+    assert bench.op_class(chain) == expected
 
 
-def test_profile_of_a_real_step_splits_its_time_into_the_classes():
-    bench = step_profile()
+def test_profile_of_a_real_step_splits_its_time_into_the_classes(bench):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -74,8 +68,7 @@ def test_profile_of_a_real_step_splits_its_time_into_the_classes():
 
 
 @pytest.mark.parametrize("mode", ["quick", "default", "full"])
-def test_every_grid_starts_with_the_baseline_and_holds_the_new_settings(mode):
-    bench = step_profile()
+def test_every_grid_starts_with_the_baseline_and_holds_the_new_settings(bench, mode):
     settings = bench.grid(mode)
     assert settings[0] == bench.BASELINE and bench.NEW in settings
     assert len({json.dumps(s, sort_keys=True) for s in settings}) == len(settings)  # distinct
@@ -84,7 +77,7 @@ def test_every_grid_starts_with_the_baseline_and_holds_the_new_settings(mode):
             assert {k: v for k, v in setting.items() if k != "method"} in settings
 
 
-def test_full_grid_is_every_mode_precision_batch_and_thread_count():
-    cells = step_profile().grid("full")
+def test_full_grid_is_every_mode_precision_batch_and_thread_count(bench):
+    cells = bench.grid("full")
     assert len(cells) == 2 * 2 * 3 * 2
     assert {"threads": 1, "compile": False, "precision": "fp32", "batch_size": 512} in cells
