@@ -1,6 +1,4 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -312,17 +310,11 @@ def test_nothing_is_compiled_and_weights_round_trip():
 
 
 # ------------------------------------------------------------------ label-mask diagnostic
-def label_mask_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cifs_label_mask.py"
-    spec = importlib.util.spec_from_file_location("cifs_label_mask", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["cifs", "cas"])
-def test_label_mask_diagnostic_scores_the_inference_and_the_true_label_masks(name):
-    bench = label_mask_benchmark()
+def test_label_mask_diagnostic_scores_the_inference_and_the_true_label_masks(
+    name, benchmark_script
+):
+    bench = benchmark_script("cifs_label_mask")
     torch.manual_seed(0)
     method = create_method(name, create_model("resnet20", num_classes=10, width=4)).eval()
     data = load_dataset("shapes", "test", n_test=30, image_size=16)

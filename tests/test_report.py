@@ -1167,6 +1167,59 @@ def test_a_gain_under_standard_attacks_that_adaptive_attacks_beat_is_marked_mask
     assert cas_row["PGD-20: ours"] == "30.50 ± 0.71 ▼"
 
 
+STEP_PROFILE = {
+    "schema": "robustfeat.step_profile/1",
+    "mode": "quick",
+    "throughput_ratio_vs_baseline": 1.31,
+    "load_average_at_start": [2.04, 1.0, 1.0],
+    "load_average_at_end": [3.5, 1.0, 1.0],
+    "side_by_side": {"ratio": {"median": 1.31, "q1": 1.25, "q3": 1.4}},
+    "in_process": [
+        {
+            "setting": {"threads": 2},
+            "ratio_vs_baseline": {"median": 1.0, "q1": 1.0, "q3": 1.0},
+            "profile": {
+                "profiled_wall_ms_per_step": 96.4,
+                "share": {"conv_fwd": 0.2, "conv_bwd": 0.44, "batchnorm": 0.25, "data": 0.11},
+            },
+        },
+        {
+            "setting": {"threads": 1, "compile": False, "method": "cifs"},
+            "ratio_vs_baseline": {"median": 0.4, "q1": 0.38, "q3": 0.41},
+            "cpu_ratio_vs_ce": {"median": 1.043, "q1": 1.02, "q3": 1.06},
+            "profile": {"share": {"conv_fwd": 0.3}},
+        },
+    ],
+}
+
+
+def test_step_profile_beside_perf_json_is_a_table_in_the_report_and_readme(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "cpu", "ce", 0, results(0.5))
+    (root / "perf.json").write_text(json.dumps(PERF))
+    (root / "step_profile.json").write_text(json.dumps(STEP_PROFILE))
+    built = build([root / "cpu"], plots=False)
+    assert not built.collection.skipped  # read beside perf.json, not taken for a run
+    table = next(t for s in built.report.sections for t in s.tables if t.id == "step_profile")
+    base = row_for(table, "cpu recipe, 2 threads")
+    assert base["img/s ÷ baseline"] == "1.00× (1.00-1.00)" and base["ms/step"] == "96"
+    assert (base["Conv fwd"], base["Conv bwd"], base["BN"], base["Data"]) == (
+        "20%",
+        "44%",
+        "25%",
+        "11%",
+    )
+    assert base["Optim."] == "–" and base["Per-core img/s ÷ CE"] == "–"
+    cifs = row_for(table, "cpu recipe, 1 thread, compile False, method cifs")
+    assert cifs["Per-core img/s ÷ CE"] == "1.04× (1.02-1.06)" and cifs["ms/step"] == "–"
+    pair = row_for(table, "2 one-thread processes at once (total)")
+    assert pair["img/s ÷ baseline"] == "1.31× (1.25-1.40)"
+    assert "throughput_ratio_vs_baseline 1.31×; 1-minute load average 2.0 → 3.5" in table.notes[1]
+    assert "Training step profile (ResNet-20 CE)" in built.readme_section
+    (root / "step_profile.json").write_text(json.dumps({**STEP_PROFILE, "schema": "other/1"}))
+    assert "Training step profile" not in build([root / "cpu"], plots=False).readme_section
+
+
 def test_cells_table_shows_train_fit_and_gap_without_improvement_markers(tmp_path):
     root = tmp_path / "results"
     for seed, (ce_test, ce_train, hnc_test, hnc_train) in enumerate(

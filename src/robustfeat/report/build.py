@@ -28,6 +28,7 @@ from .tables import (
     paper_table,
     perf_tables,
     provenance_table,
+    step_profile_table,
     sweep_table,
 )
 
@@ -131,8 +132,7 @@ def readme_markdown(
         f"({our_setting(groups)}); do not edit by hand.",
         *(table_markdown(t) for t in results),
     ]
-    if perf:
-        parts.append(table_markdown(perf[0]))
+    parts += [table_markdown(t) for t in perf]
     return "\n\n".join(parts)
 
 
@@ -156,6 +156,7 @@ def build(
     tables += [sweep_table(sweep, spec, groups, diverged) for sweep in spec.sweeps]
     results = [t for t in tables if t is not None]
     perf_list = perf_tables(collection.perf, goals) if collection.perf else []
+    step = [step_profile_table(collection.step_profile)] if collection.step_profile else []
 
     sections = [
         Section(
@@ -184,7 +185,7 @@ def build(
             Section(
                 "Performance",
                 [f"From {collection.perf_path}."],
-                tables=perf_list,
+                tables=perf_list + step,
             )
         )
     provenance = Section("Provenance", tables=[provenance_table(groups, collection.perf)])
@@ -192,7 +193,8 @@ def build(
         provenance.paragraphs.append("⚠ Skipped: " + "; ".join(collection.skipped))
     sections.append(provenance)
     report = Report("robustfeat benchmark report", sections)
-    return Built(report, readme_markdown(results, perf_list, groups, command), collection, groups)
+    readme = readme_markdown(results, perf_list[:1] + step, groups, command)
+    return Built(report, readme, collection, groups)
 
 
 def write_report(built: Built, out: str | Path) -> list[Path]:

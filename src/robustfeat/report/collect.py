@@ -23,6 +23,7 @@ from ..errors import ConfigError
 
 RESULTS_SCHEMA = "robustfeat.results/1"
 PERF_SCHEMA = "robustfeat.perf/1"
+STEP_PROFILE_SCHEMA = "robustfeat.step_profile/1"  # benchmarks/step_profile.py, beside perf.json
 DIVERGED_SCHEMA = "robustfeat.diverged/1"
 DIVERGED_FILE = "diverged.json"
 SEED_DIR = re.compile(r"seed(\d+)$")
@@ -81,6 +82,7 @@ class Collection:
     perf_path: Path | None = None
     skipped: list[str] = field(default_factory=list)  # "path: reason"
     diverged: list[Run] = field(default_factory=list)  # results = the diverged.json record
+    step_profile: dict[str, Any] | None = None
 
 
 def read_json(path: Path) -> Any:
@@ -183,6 +185,15 @@ def find_perf(paths: Iterable[str | Path]) -> Path | None:
     return None
 
 
+def read_step_profile(perf_path: Path | None) -> dict[str, Any] | None:
+    """step_profile.json beside perf.json, when there is one of that schema."""
+    path = perf_path.parent / "step_profile.json" if perf_path else None
+    if path is None or not path.is_file():
+        return None
+    data = read_json(path)
+    return data if isinstance(data, dict) and data.get("schema") == STEP_PROFILE_SCHEMA else None
+
+
 def collect(paths: Iterable[str | Path], perf: str | Path | None = None) -> Collection:
     """Load every run (and the perf benchmark) found under ``paths``."""
     paths = list(paths)
@@ -194,6 +205,8 @@ def collect(paths: Iterable[str | Path], perf: str | Path | None = None) -> Coll
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema == PERF_SCHEMA:
             perf_data, perf_path = data, path
+            continue
+        if schema == STEP_PROFILE_SCHEMA:  # read beside perf.json
             continue
         if schema != RESULTS_SCHEMA:
             skipped.append(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA!r}")
@@ -229,7 +242,9 @@ def collect(paths: Iterable[str | Path], perf: str | Path | None = None) -> Coll
         )
     for line in skipped:
         print(f"robustfeat report: skipped {line}", file=sys.stderr)
-    return Collection(runs, perf_data, perf_path, skipped, find_diverged(paths))
+    return Collection(
+        runs, perf_data, perf_path, skipped, find_diverged(paths), read_step_profile(perf_path)
+    )
 
 
 def protocol_group(group: CellGroup, suite: str) -> CellGroup | None:

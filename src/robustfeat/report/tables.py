@@ -883,6 +883,91 @@ def perf_tables(perf: dict[str, Any], goals: dict[str, Any]) -> list[Table]:
     return tables
 
 
+STEP_CLASSES = {
+    "conv_fwd": "Conv fwd",
+    "conv_bwd": "Conv bwd",
+    "batchnorm": "BN",
+    "other_ops": "Other ops",
+    "optimizer": "Optim.",
+    "data": "Data",
+    "framework": "Framework",
+}
+
+
+def step_setting_label(setting: dict[str, Any]) -> str:
+    """ "cpu recipe, 1 thread, compile False": the overrides of the cpu recipe a row ran with."""
+    threads = setting.get("threads", 2)
+    parts = [f"{threads} thread{'' if threads == 1 else 's'}"]
+    parts += [f"{k} {v}" for k, v in setting.items() if k != "threads"]
+    return "cpu recipe, " + ", ".join(parts)
+
+
+def _ratio_with_spread(value: Any) -> str:
+    ratio = _ratio(value)
+    if ratio is None:
+        return "–"
+    if isinstance(value, dict) and isinstance(value.get("q1"), (int, float)):
+        return f"{ratio:.2f}× ({value['q1']:.2f}-{value.get('q3', ratio):.2f})"
+    return _fmt(ratio)
+
+
+def step_profile_table(profile: dict[str, Any]) -> Table:
+    """benchmarks/step_profile.py: the ResNet-20 step's speed ratios and where its time goes."""
+    header = [
+        "Setting",
+        "img/s ÷ baseline",
+        "Per-core img/s ÷ 1 thread",
+        "Per-core img/s ÷ CE",
+        "ms/step",
+        *STEP_CLASSES.values(),
+    ]
+    rows = []
+    for cell in profile.get("in_process") or []:
+        prof = _mapping(cell.get("profile"))
+        shares = _mapping(prof.get("share"))
+        wall = _ratio(prof.get("profiled_wall_ms_per_step"))
+        rows.append(
+            [
+                step_setting_label(_mapping(cell.get("setting"))),
+                _ratio_with_spread(cell.get("ratio_vs_baseline")),
+                _ratio_with_spread(cell.get("cpu_ratio_vs_one_thread_baseline")),
+                _ratio_with_spread(cell.get("cpu_ratio_vs_ce")),
+                "–" if wall is None else f"{wall:.0f}",
+                *(
+                    "–" if _ratio(shares.get(k)) is None else f"{100 * shares[k]:.0f}%"
+                    for k in STEP_CLASSES
+                ),
+            ]
+        )
+    side = _mapping(profile.get("side_by_side"))
+    if side:
+        rows.append(
+            [
+                "2 one-thread processes at once (total)",
+                _ratio_with_spread(side.get("ratio")),
+                *["–"] * (len(header) - 2),
+            ]
+        )
+    loads = [_ratio(v) for v in (profile.get("load_average_at_start") or [])[:1]]
+    loads += [_ratio(v) for v in (profile.get("load_average_at_end") or [])[:1]]
+    notes = [
+        "ResNet-20 CE, the trainer's step with its loader (benchmarks/step_profile.py, "
+        f"{profile.get('mode', '?')} grid). Baseline: the cpu recipe as its results were trained "
+        "(batch 128, bf16, channels_last, compile) on 2 threads. img/s ÷ baseline: wall time, "
+        "interleaved in one process (median of the rounds' own ratios, IQR); per core: one-thread "
+        "rows by the thread's CPU time, which other processes' load does not inflate, vs the cpu "
+        "recipe on one thread or vs CE with the same settings (above 1: faster); the class "
+        "columns: shares of the profiled step (self time of each class's outermost operators; "
+        "BN includes the ReLU / add inductor fuses into it). "
+        "Last row: two one-thread processes vs one two-thread process, total img/s, alternating.",
+        "throughput_ratio_vs_baseline "
+        f"{_fmt(_ratio(profile.get('throughput_ratio_vs_baseline')))}; 1-minute load average "
+        + " → ".join("?" if v is None else f"{v:.1f}" for v in loads)
+        + " (a shared machine: a two-thread process loses most to preemption).",
+    ]
+    return Table("step_profile", "Training step profile (ResNet-20 CE)", header, rows, notes)
+
+
 # ------------------------------------------------------------------ provenance
 def _distinct(runs: list[Run], get: Callable[[Run], Any]) -> Counter[str]:
     return Counter(str(get(r)) for r in runs)
