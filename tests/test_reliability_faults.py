@@ -230,9 +230,10 @@ def test_nonfinite_loss_stops_naming_step_and_part_and_keeps_last_checkpoint(
     assert "non-finite loss at step 6: loss_aux=" in err and str(run) in err
     assert checkpoint_step(run) == 4  # the last good one (checkpoints at 3 and 4; 6 never came)
     assert not (run / "weights.safetensors").exists() and not (run / "results.json").exists()
-    # resuming with a different method_args is refused; switching to nan_policy=skip is not,
-    # and skips the same bad step 6
-    assert main([*args[:-4], "-o", str(run), "--resume"]) == 2
+    # resuming with a different method_args is refused (flags omitted on --resume come from the
+    # run's config.yaml; one given must repeat it); switching to nan_policy=skip is not, and
+    # skips the same bad step 6
+    assert main([*args, "--arg", "at=[7]", "-o", str(run), "--resume"]) == 2
     assert "other settings (method_args" in capsys.readouterr().err
     assert main([*args, "-o", str(run), "--resume", "--set", "nan_policy=skip"]) == 0
     assert "skipping batch" in capsys.readouterr().err
