@@ -98,7 +98,7 @@ MIN_FREE_BYTES = 50 * 2**20
 FAULT_ENV = "ROBUSTFEAT_FAULT"
 # Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
 RESUMABLE_KEYS = frozenset(
-    {"device", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
+    {"device", "loader", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
     | {"eval_suite", "eval_n", "eval_n_aa", "deterministic"}
 )
 
@@ -699,6 +699,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
+            resident=self.cfg.loader == "device",
         )
 
     def train_augment(self) -> Augment:
