@@ -14,7 +14,8 @@ the data is already one uint8 tensor in memory: indexing it is faster than worke
 (copied there once, at the first epoch): the epoch's order goes to the device once per epoch, and
 indexing, the uint8 -> float conversion and the augmentation all run there, so no image crosses
 from the host per batch. Only the per-image random parameters (crop offsets, flip flags, ... a
-few bytes per image) are still drawn on the CPU generator and copied over: that keeps the batches
+few bytes per image; image-sized only for Random Erasing with ``fill: random``, whose noise is
+drawn there too) are still drawn on the CPU generator and copied over: that keeps the batches
 identical to the host loader's for a seed, on any device. For datasets that fit in device memory
 (CIFAR-10's 50,000 training images are 150 MiB); a dataset larger than half the free device
 memory is refused with a clear error.
