@@ -204,7 +204,8 @@ def phase_tests(args: argparse.Namespace, out: Path, remaining: float) -> dict[s
     command += ["no:cacheprovider", "--continue-on-collection-errors", f"--junitxml={xml}"]
     command += [f"--timeout={args.test_timeout_s:.0f}"]  # a hung test fails, the rest run
     command += args.tests
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    paths = [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}  # + wheels
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS use in pytest
     timeout = max(1.0, min(args.tests_timeout_s, remaining))
     try:

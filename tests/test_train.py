@@ -106,7 +106,8 @@ def test_same_seed_gives_identical_weights(tmp_path, tiny_data):
 
 
 def _cli(args, extra_env=None, **kw):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "robustfeat", *args], env=env, **kw)
 
 
