@@ -35,5 +35,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 -c "import torchattacks" 2>/dev/null || {
+  echo "gpu_check: torchattacks is missing: run 'bash benchmarks/gpu_check.sh prepare' in the" \
+    "session's checkout, and name .whl in the run tool's carry" >&2
+  exit 2
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 exec python3 benchmarks/gpu_check.py --out "${OUT:?set OUT or use gpu_check.py --out}" "$@"
