@@ -85,6 +85,7 @@ from robustfeat.train import train
 SCHEMA = "robustfeat.gpu_check/1"
 RESULT = "gpu_check.json"
 TESTS_XML = "gpu_check_tests.xml"
+MAX_XML_BYTES = 16 * 2**20
 # measurements first (their time is predictable), the tests get the rest of --budget-s
 PHASES = ("resnet20", "preact18", "paper", "tests")
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +218,8 @@ def phase_tests(args: argparse.Namespace, out: Path, remaining: float) -> dict[s
         partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else ""
         code, log = None, f"{partial}\npytest stopped after {timeout:.0f} s (no JUnit XML)"
     report: dict[str, Any] = {"command": command[1:], "returncode": code, "log_tail": log[-4000:]}
-    report.update(junit_counts(xml) if xml.is_file() else {"counts": None, "failed": []})
+    readable = xml.is_file() and xml.stat().st_size <= MAX_XML_BYTES  # bounded before reading
+    report.update(junit_counts(xml) if readable else {"counts": None, "failed": []})
     # pytest's 5: no test selected (here: none collected); 0: all passed or skipped
     report["status"] = "ok" if code == 0 else "failed"
     return report
