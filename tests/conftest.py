@@ -60,3 +60,20 @@ def benchmark_script() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+# The same checks on every device: ``cpu`` always; ``cuda`` (marked ``cuda``: ``pytest -m cuda``
+# runs only those, benchmarks/gpu_check.py does) where a CUDA device is present, else skipped.
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ],
+)
+DEVICES = ["cpu", CUDA]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.param)

@@ -3,6 +3,7 @@ against torchattacks, AutoAttack cascade, adaptive attacks and the worst case.""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -113,19 +114,22 @@ def test_toy_model_is_trained():
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
 @pytest.mark.parametrize("name", sorted(CHEAP))
-def test_attack_invariants(name, norm, eps):
-    model, _ = toy_task()
-    x, y = batch(24)
+def test_attack_invariants(name, norm, eps, device):
+    model = copy.deepcopy(toy_task()[0]).to(device)
+    x, y = (t.to(device) for t in batch(24))
     model.train()
     model.features[1].eval()  # nested modules in their own modes must be restored
     before = [m.training for m in model.modules()]
     rng_before = torch.get_rng_state()
+    cuda_rng_before = torch.cuda.get_rng_state() if device.type == "cuda" else None
     attack = create_attack(name, eps=eps, norm=norm, **CHEAP[name])
     x_adv = attack(model, x, y)
     assert [m.training for m in model.modules()] == before
     assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is not touched
+    if cuda_rng_before is not None:
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_rng_before)
     model.eval()
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     d = (x_adv - x).flatten(1)
     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)

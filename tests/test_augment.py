@@ -16,6 +16,7 @@ from robustfeat.data.augment import (
     AugMix,
     Cutout,
     RandomErasing,
+    affine_warp,
     create_augment,
     erase_rectangles,
     generator_from_global_rng,
@@ -171,6 +172,30 @@ def test_augmix_mixing_formula_and_reproducibility(monkeypatch: pytest.MonkeyPat
     # identity operations: the convex mix of copies of x is x
     monkeypatch.setattr(AugMix, "apply_ops", lambda self, images, *args: images)
     torch.testing.assert_close(augmix(x, gen(3)), x)
+
+
+def test_affine_warp_builds_its_grid_on_the_images_device() -> None:
+    """Regression: the grid's homogeneous coordinate was made on the CPU, so AugMix's affine ops
+    failed on CUDA images (``meta`` images show it on any machine)."""
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta")
+    out = affine_warp(images, torch.eye(2, 3).expand(2, 2, 3))
+    assert out.device.type == "meta" and out.shape == images.shape and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", ["cutout", "random_erasing", "augmix"])
+def test_augmentations_on_the_device_match_the_cpu(name: str, device: torch.device) -> None:
+    """Parameters come from the CPU generator: the result does not depend on the device (AugMix
+    up to float rounding of its affine warps and mixing)."""
+    x = torch.rand(16, 3, 32, 32, generator=gen(3))
+    augment = create_augment(name, **({"fill": "random"} if name == "random_erasing" else {}))
+    ref = augment(x, gen(4))
+    out = augment(x.to(device), gen(4))
+    assert out.device.type == device.type and not torch.equal(ref, x)
+    if name == "augmix":
+        off = (out.cpu() - ref).abs() > 1e-5
+        assert off.float().mean() < 0.01, f"{off.float().mean():.4f} of the pixels differ"
+    else:
+        assert torch.equal(out.cpu(), ref)
 
 
 def test_generator_from_global_rng_is_reproducible() -> None:

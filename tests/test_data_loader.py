@@ -3,7 +3,11 @@
 import pytest
 import torch
 
+from robustfeat.config import make_config
 from robustfeat.data import BatchLoader, ImageDataset, default_train_augment, iterate_batches
+from robustfeat.data import loader as loader_module
+from robustfeat.data.augment import create_augment
+from robustfeat.data.transforms import Augment
 from robustfeat.errors import ConfigError, DataError
 
 
@@ -110,3 +114,65 @@ def test_iterate_batches_in_order_with_masks():
     assert m.dtype == torch.bool and m.shape == (16, 4, 4) and m[:, 0, 0].all()
     with pytest.raises(DataError, match="no ground-truth object masks"):
         next(iterate_batches(random_dataset(), 4, with_masks=True))
+
+
+def full_augment() -> Augment:
+    """Crop, flip and every batched augmentation of data/augment.py."""
+    steps = default_train_augment().steps
+    steps += [create_augment(name) for name in ("cutout", "random_erasing", "augmix")]
+    return Augment(*steps)
+
+
+@pytest.mark.parametrize(("rank", "world_size", "drop_last"), [(0, 1, True), (1, 2, False)])
+def test_resident_loader_gives_the_host_loaders_batches(device, rank, world_size, drop_last):
+    """``loader: device``: the same batches as the host loader (bit for bit) for a seed, every
+    augmentation on, for a rank's slice and for a restart mid-epoch, read only from the copy it
+    made on the device."""
+    data = random_dataset(40)
+    options = {
+        "augment": full_augment(),
+        "seed": 5,
+        "rank": rank,
+        "world_size": world_size,
+        "drop_last": drop_last,
+        "device": device,
+    }
+    host = BatchLoader(data, 12, **options)
+    resident = BatchLoader(data, 12, resident=True, **options)
+    images, labels = resident.source()
+    assert images.device.type == labels.device.type == device.type
+    # every batch must come from the device copy: the host images are blanked from here on
+    resident.dataset = ImageDataset(torch.zeros_like(data.images), data.labels * 0, 4, list("abcd"))
+    for epoch, start in ((0, 0), (1, 2)):
+        expected = list(host.batches(epoch, start))
+        got = list(resident.batches(epoch, start))
+        assert len(got) == len(expected) == len(host) - start
+        for (x, y), (x_ref, y_ref) in zip(got, expected, strict=True):
+            assert x.device.type == y.device.type == device.type
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    # the crop/flip part is device-independent: equal to the CPU loader's batches
+    cpu = BatchLoader(data, 12, augment=default_train_augment(), seed=5)
+    crop_flip = BatchLoader(data, 12, augment=default_train_augment(), seed=5, device=device)
+    crop_flip.resident = True
+    for (x, y), (x_cpu, y_cpu) in zip(crop_flip.batches(0), cpu.batches(0), strict=True):
+        assert torch.equal(x.cpu(), x_cpu) and torch.equal(y.cpu(), y_cpu)
+
+
+def test_resident_loader_refuses_a_dataset_larger_than_half_the_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 4000))
+    tensors = (torch.zeros(400, dtype=torch.uint8), torch.zeros(13, dtype=torch.int64))
+    with pytest.raises(DataError, match=r"needs 0\.00 GiB on cuda.*use loader: host"):
+        loader_module.to_resident(tensors, torch.device("cuda"))
+    # 400 + 13 * 8 = 504 bytes > 0.5 * 1000: refused before anything is copied; 496 fits
+    fits = (torch.zeros(392, dtype=torch.uint8), torch.zeros(13, dtype=torch.int64))
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device: self)
+    assert all(
+        a is b
+        for a, b in zip(loader_module.to_resident(fits, torch.device("cuda")), fits, strict=True)
+    )
+
+
+def test_loader_config_choice():
+    assert make_config({"loader": "device"}).loader == "device"
+    with pytest.raises(ConfigError, match=r"loader.*host.*device"):
+        make_config({"loader": "gpu"})

@@ -30,6 +30,8 @@ TIMEOUT = 240  # seconds; a hung collective would wait for the 300 s process-gro
 WORKER = """
 import sys
 
+import torch.distributed as dist
+
 from robustfeat import io
 from robustfeat.cli import main
 from robustfeat.methods import METHODS
@@ -46,6 +48,8 @@ finish = Trainer.finish
 def finish_and_dump(self, *args, **kwargs):  # every rank's parameters, to compare them
     params = dict(self.method.named_parameters())
     io.save_tensors(self.run.root / f"rank{self.dist.rank}.safetensors", params)
+    backend = dist.get_backend() if dist.is_initialized() else "none"
+    (self.run.root / f"backend{self.dist.rank}.txt").write_text(backend)
     return finish(self, *args, **kwargs)
 
 
@@ -74,9 +78,11 @@ def worker(tmp_path_factory) -> Path:
     return path
 
 
-def torchrun(worker: Path, args: list[str], fault: str | None = None) -> tuple[int, str]:
+def torchrun(
+    worker: Path, args: list[str], fault: str | None = None, nproc: int = 2
+) -> tuple[int, str]:
     """``torchrun --nproc_per_node 2 worker.py ARGS`` (one thread per rank): (exit code, stderr)."""
-    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     return run_python([*command, str(worker), *args], fault, [TESTS], TIMEOUT)
 
 
@@ -112,6 +118,21 @@ def test_two_ranks_train_what_one_process_trains(ddp_run, tmp_path, nobn_registe
     assert moved > 1e-2  # training changed the weights ...
     assert gap < 1e-5 * max(moved, 1.0)  # ... and 2 ranks x 8 images = 1 process x 16 images
     assert wrong > 100 * gap  # while 1 process x 8 images (a per-rank batch) is far off
+
+
+def test_one_process_under_torchrun_joins_the_process_group_and_trains_the_same(
+    worker, tmp_path, nobn_registered, device
+):
+    """DDP with one process (the multi-GPU code path on one GPU: NCCL on CUDA, gloo on CPU):
+    it joins the process group and trains exactly what a plain process trains."""
+    args = [*TRAIN, "--device", device.type, "--set", "deterministic=true"]
+    code, err = torchrun(worker, [*args, "-o", str(tmp_path / "ddp")], nproc=1)
+    assert code == 0, err
+    backend = (tmp_path / "ddp" / "backend0.txt").read_text()
+    assert backend == ("nccl" if device.type == "cuda" else "gloo")
+    assert main([*args, "-o", str(tmp_path / "single")]) == 0
+    ddp, single = (load_tensors(tmp_path / n / "weights.safetensors") for n in ("ddp", "single"))
+    assert same(ddp, single)
 
 
 def test_nan_on_one_rank_is_skipped_by_every_rank(worker, tmp_path):

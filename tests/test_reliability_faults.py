@@ -62,9 +62,11 @@ TIMING_KEYS = {"img_per_s", "train_seconds"}
 def run_python(
     args: list[str], fault: str | None = None, path: list[Path] = (), timeout: float = 300
 ) -> tuple[int, str]:
-    """``python ARGS`` with our sources (and ``path``) importable, one thread, unwrapped log
-    lines and the fault ``ROBUSTFEAT_FAULT`` (or none): (exit code, stderr)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [SRC, *path]))}
+    """``python ARGS`` with our sources (and ``path``, then the caller's PYTHONPATH: packages
+    installed beside, as on the GPU machine) importable, one thread, unwrapped log lines and the
+    fault ``ROBUSTFEAT_FAULT`` (or none): (exit code, stderr)."""
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [SRC, *path, *inherited]))}
     env.update(OMP_NUM_THREADS="1", COLUMNS="250")
     env.pop("ROBUSTFEAT_FAULT", None)
     if fault:

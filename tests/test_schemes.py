@@ -87,11 +87,11 @@ def batch(n=8, seed=0):
 
 # ------------------------------------------------------------------ every scheme
 @pytest.mark.parametrize("name", [*CRAFTED, "free_at"])
-def test_examples_stay_in_the_ball_and_box_and_mode_is_set_then_restored(name):
-    method = Spy(create_model("test_cnn", num_classes=10))
+def test_examples_stay_in_the_ball_and_box_and_mode_is_set_then_restored(name, device):
+    method = Spy(create_model("test_cnn", num_classes=10)).to(device)
     method.train()
     method.model.stages["stage2"].eval()  # a submodule in its own mode must get it back
-    x, y = batch()
+    x, y = (t.to(device) for t in batch())
     x[0] = 0.0  # box corners: projection must clip
     x[1] = 1.0
     scheme = create_scheme(name, **({"steps": 3} if name in ("pgd_at", "trades", "fat") else {}))
@@ -129,11 +129,11 @@ def test_default_modes_follow_the_papers_code():
     ("name", "method_name"),
     [(n, m) for n in CRAFTED for m in ("ce", "cifs") if (n, m) != ("trades", "cifs")],
 )
-def test_crafted_examples_raise_the_training_objective(name, method_name):
+def test_crafted_examples_raise_the_training_objective(name, method_name, device):
     torch.manual_seed(1)
-    method = create_method(method_name, create_model("test_cnn", num_classes=10))
+    method = create_method(method_name, create_model("test_cnn", num_classes=10)).to(device)
     method.train()
-    x, y = batch(16)
+    x, y = (t.to(device) for t in batch(16))
     # a few clean steps so the model is not at chance (FAT stops on misclassified samples)
     opt = torch.optim.SGD(method.parameters(), lr=0.05)
     for _ in range(10):

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CUDA
 from robustfeat import train as train_module
 from robustfeat.cli import main
 from robustfeat.config import make_config
@@ -19,6 +21,8 @@ from robustfeat.io import load_tensors
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
 from robustfeat.train import BestEpoch, lr_factor, train
+from test_reliability_faults import TRAIN as FAULT_TRAIN
+from test_reliability_faults import checkpoint_step, run_cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = {
@@ -102,7 +106,8 @@ def test_same_seed_gives_identical_weights(tmp_path, tiny_data):
 
 
 def _cli(args, extra_env=None, **kw):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "robustfeat", *args], env=env, **kw)
 
 
@@ -327,3 +332,69 @@ def test_keep_checkpoint_false_leaves_one_copy_of_the_final_weights(tmp_path, ti
     a = load_tensors(tmp_path / "keepTrue" / "weights.safetensors")
     b = load_tensors(tmp_path / "keepFalse" / "weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "amp"])
+def test_mixed_precision_training_learns_on_the_device(tmp_path, tiny_data, device, precision):
+    """bf16 autocast, and amp (CUDA: fp16 autocast + GradScaler, whose state the checkpoint
+    keeps; CPU: bf16), from the device-resident loader: fp32 weights, finite losses, learning."""
+    layer = {"epochs": 3, "lr": 0.1, "precision": precision, "loader": "device"}
+    cfg = make_config(TINY, layer, {"device": device.type, "channels_last": True})
+    results = train(cfg, tmp_path / "run", data=tiny_data)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    epochs = [r for r in records if "img_per_s" in r]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert epochs[-1]["loss"] < 0.97 * epochs[0]["loss"]
+    weights = load_tensors(tmp_path / "run" / "weights.safetensors")
+    assert all(w.dtype in (torch.float32, torch.int64) for w in weights.values())
+    assert 0.0 <= results["clean"]["accuracy"] <= 1.0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    if precision == "amp" and device.type == "cuda":
+        assert state["grad_scaler"]["scale"] > 0 and "_growth_tracker" in state["grad_scaler"]
+    else:
+        assert "grad_scaler" not in state
+
+
+def test_deterministic_switches_deterministic_algorithms_on_while_training(tmp_path, tiny_data):
+    seen = []
+    fit = train_module.Trainer.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return fit(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module.Trainer, "fit", spy)
+        before = torch.are_deterministic_algorithms_enabled()
+        for flag in (True, False):
+            train(
+                make_config(TINY, {"epochs": 1, "deterministic": flag}),
+                tmp_path / str(flag),
+                data=tiny_data,
+            )
+            assert torch.are_deterministic_algorithms_enabled() == before  # restored after
+    assert seen == [(True, False), (before, torch.backends.cudnn.benchmark)]
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+
+
+# on CPU, test_reliability_faults.py kills and resumes in every window
+@pytest.mark.parametrize("device", [CUDA], indirect=True)
+@pytest.mark.parametrize("precision", ["fp32", "amp"])
+def test_kill9_and_resume_is_bit_identical_on_the_device(tmp_path, device, precision):
+    """With ``deterministic: true`` a run killed mid-epoch and resumed ends bit-identical to an
+    uninterrupted one on CUDA too, the GradScaler's state included (amp)."""
+    args = [*FAULT_TRAIN, "--device", device.type, "--precision", precision]
+    args += ["--set", "deterministic=true", "--set", "loader=device"]
+    code, err = run_cli([*args, "-o", str(tmp_path / "ref")])
+    assert code == 0, err
+    code, _ = run_cli([*args, "-o", str(tmp_path / "run")], fault="step:7")
+    assert code != 0 and checkpoint_step(tmp_path / "run") == 6
+    code, err = run_cli([*args, "-o", str(tmp_path / "run"), "--resume"])
+    assert code == 0, err
+    ref, resumed = (load_tensors(tmp_path / n / "weights.safetensors") for n in ("ref", "run"))
+    assert ref.keys() == resumed.keys() and all(torch.equal(ref[k], resumed[k]) for k in ref)
+    state_ref, state = (
+        json.loads((tmp_path / n / "state.json").read_text()) for n in ("ref", "run")
+    )
+    assert state.get("grad_scaler") == state_ref.get("grad_scaler")
+    assert ("grad_scaler" in state) == (precision == "amp" and device.type == "cuda")

@@ -27,6 +27,7 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "amp")
+LOADERS = ("host", "device")
 NOISE_TYPES = ("symmetric", "asymmetric")
 NAN_POLICIES = ("stop", "skip")
 SELECTION_CRITERIA = ("clean", "pgd10", "pgd10_adaptive")
@@ -75,6 +76,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     device: str = "auto"
+    # host: each batch is copied from host memory; device: the uint8 training set is copied to
+    # the device once and batches are indexed and augmented there (same batches, data/loader.py)
+    loader: str = "host"
     seed: int = 0
     deterministic: bool = False
     # bookkeeping
@@ -99,6 +103,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("loader", self.loader, LOADERS)
         _choice("label_noise_type", self.label_noise_type, NOISE_TYPES)
         _choice("nan_policy", self.nan_policy, NAN_POLICIES)
         if self.select_best is not None:

@@ -98,7 +98,7 @@ MIN_FREE_BYTES = 50 * 2**20
 FAULT_ENV = "ROBUSTFEAT_FAULT"
 # Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
 RESUMABLE_KEYS = frozenset(
-    {"device", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
+    {"device", "loader", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
     | {"eval_suite", "eval_n", "eval_n_aa", "deterministic"}
 )
 
@@ -202,16 +202,20 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a process group (launched by torchrun, one process or more)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distributed:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group when launched by torchrun (its env:// variables are set), with one
+    process too: DDP over NCCL on a single GPU runs the multi-GPU code path."""
+    if not all(name in os.environ for name in TORCHRUN_ENV):
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group(
@@ -219,7 +223,7 @@ def setup_distributed(device: torch.device, timeout_s: float = 300.0) -> Distrib
             timeout=datetime.timedelta(seconds=timeout_s),
         )
     return Distributed(
-        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True
     )
 
 
@@ -699,6 +703,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
+            resident=self.cfg.loader == "device",
         )
 
     def train_augment(self) -> Augment:
@@ -714,7 +719,7 @@ class Trainer:
         return max(1, budget // self.scheme.replays)
 
     def _forward_module(self) -> nn.Module:
-        if self.dist.world_size > 1:
+        if self.dist.joined:
             return nn.parallel.DistributedDataParallel(
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -726,7 +731,7 @@ class Trainer:
         """Whether the loss is finite (on every rank: ranks skip or stop together, since a rank
         that skipped the backward would leave the others waiting in the gradient all-reduce)."""
         finite = torch.isfinite(out["loss"]).all()
-        if self.dist.world_size > 1:
+        if self.dist.joined:
             flag = finite.to(torch.int32)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             finite = flag.bool()
@@ -813,6 +818,8 @@ class Trainer:
             if cfg.precision == "amp" and self.device.type == "cuda"
             else None
         )
+        if scaler is not None and isinstance(state.get("grad_scaler"), dict):
+            scaler.load_state_dict(state["grad_scaler"])  # the loss scale goes on where it was
         train_seconds = float(state.get("train_seconds", 0.0))
         epoch_metrics = state.get("epoch_metrics")  # running averages of a mid-epoch checkpoint
         self.method.train()
@@ -846,6 +853,8 @@ class Trainer:
                         )
                     at_epoch_end = step % steps_per_epoch == 0 or step == total
                     if at_epoch_end or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                        if self.device.type == "cuda":  # time the work, not its queueing
+                            torch.cuda.synchronize(self.device)
                         seconds = time.perf_counter() - epoch_start
                         train_seconds += seconds
                         if at_epoch_end:
@@ -873,9 +882,14 @@ class Trainer:
                                     "finished": step >= total,
                                     "epoch_metrics": None if at_epoch_end else metrics.state_dict(),
                                     "best": asdict(self.best),
+                                    **(
+                                        {}
+                                        if scaler is None
+                                        else {"grad_scaler": scaler.state_dict()}
+                                    ),
                                 },
                             )
-                        if self.dist.world_size > 1:
+                        if self.dist.joined:
                             dist.barrier()
                         epoch_start, epoch_images = time.perf_counter(), 0
         log.close()
@@ -1045,14 +1059,42 @@ def _epoch_line(record: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``deterministic: true``: deterministic kernels only while training (cuDNN without
+    autotuning, PyTorch's deterministic implementations, a warning for an op that has none), so
+    that a CUDA run and a resume of it repeat bit for bit; the previous settings come back after.
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG at its first use: set here when unset, it takes effect
+    in a process that has not used cuBLAS yet (a fresh ``robustfeat train``)."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+
+
 def train(
     cfg: TrainConfig, out: str | Path, resume: bool = False, data: DataSplits | None = None
 ) -> dict[str, Any]:
     """Train ``cfg`` into run directory ``out`` (resuming from its last checkpoint if asked)."""
-    trainer = Trainer.create(cfg, out, data, resume)
-    try:
-        return trainer.fit(resume=resume)
-    finally:
-        trainer.run.release()
-        if trainer.dist.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    with deterministic_algorithms(cfg.deterministic):
+        trainer = Trainer.create(cfg, out, data, resume)
+        try:
+            return trainer.fit(resume=resume)
+        finally:
+            trainer.run.release()
+            if trainer.dist.joined and dist.is_initialized():
+                dist.destroy_process_group()

@@ -213,7 +213,7 @@ def affine_warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
     base = torch.stack(
-        [xs.expand(height, width), ys[:, None].expand(height, width), torch.ones(height, width)],
+        [xs.expand(height, width), ys[:, None].expand(height, width), xs.new_ones(height, width)],
         dim=-1,
     ).view(1, height * width, 3)
     scale = torch.tensor([0.5 * width, 0.5 * height], device=device)

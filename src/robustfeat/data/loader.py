@@ -9,6 +9,16 @@ the batches an uninterrupted run would have yielded from that point (bit for bit
 same global batch and keeps its own contiguous slice, so the union over ranks is exactly the
 single-process batch whatever the number of ranks. A torch ``DataLoader`` is not used because
 the data is already one uint8 tensor in memory: indexing it is faster than worker processes.
+
+``resident=True`` (config ``loader: device``) keeps the uint8 images and labels on ``device``
+(copied there once, at the first epoch): the epoch's order goes to the device once per epoch, and
+indexing, the uint8 -> float conversion and the augmentation all run there, so no image crosses
+from the host per batch. Only the per-image random parameters (crop offsets, flip flags, ... a
+few bytes per image; image-sized only for Random Erasing with ``fill: random``, whose noise is
+drawn there too) are still drawn on the CPU generator and copied over: that keeps the batches
+identical to the host loader's for a seed, on any device. For datasets that fit in device memory
+(CIFAR-10's 50,000 training images are 150 MiB); a dataset larger than half the free device
+memory is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -23,13 +33,31 @@ from ._seed import make_generator
 from .base import ImageDataset
 
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+RESIDENT_MAX_FRACTION = 0.5  # of the device's free memory a resident dataset may take
 
 
 def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 batch -> float32 in [0, 1] on ``device`` (converted after the copy: 4× fewer bytes)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and images.device.type == "cpu":
         images = images.pin_memory()
     return images.to(device, non_blocking=True).float().div_(255)
+
+
+def to_resident(
+    tensors: tuple[torch.Tensor, ...], device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """``tensors`` copied to ``device`` once, refused (DataError) if they would take more than
+    ``RESIDENT_MAX_FRACTION`` of its free memory."""
+    if device.type == "cuda":
+        need = sum(t.numel() * t.element_size() for t in tensors)
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > RESIDENT_MAX_FRACTION * free:
+            raise DataError(
+                f"loader: device needs {need / 2**30:.2f} GiB on {device} for the training set, "
+                f"more than {RESIDENT_MAX_FRACTION:.0%} of the {free / 2**30:.2f} GiB free; "
+                "use loader: host"
+            )
+    return tuple(t.to(device) for t in tensors)
 
 
 class BatchLoader:
@@ -47,6 +75,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        resident: bool = False,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -65,6 +94,17 @@ class BatchLoader:
         self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
+        self.resident = resident
+        self._source: tuple[torch.Tensor, ...] | None = None  # (images, labels) batches come from
+
+    def source(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) that batches are indexed from: the dataset's, or with
+        ``resident`` their copies on the device (made on the first call)."""
+        if self._source is None:
+            tensors = (self.dataset.images, self.dataset.labels)
+            self._source = to_resident(tensors, self.device) if self.resident else tensors
+        images, labels = self._source
+        return images, labels
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -81,17 +121,18 @@ class BatchLoader:
         """Batches ``start``, ``start + 1``, ... of ``epoch`` (this rank's slice of each)."""
         if not 0 <= start <= len(self):
             raise ConfigError(f"start batch must be in [0, {len(self)}], got {start}")
-        order = self.order(epoch)
+        images, labels = self.source()
+        order = self.order(epoch).to(images.device)
         for i in range(start, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = _to_float(self.dataset.images[index], self.device)
+            x = _to_float(images[index], self.device)
             if self.augment is not None:
                 x = self.augment(x, make_generator(self.seed, epoch, i))
             # Contiguous per-rank slices; an uneven last batch (drop_last=False) splits as evenly
             # as possible.
             n = index.numel()
             part = slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
-            yield x[part], self.dataset.labels[index[part]].to(self.device, non_blocking=True)
+            yield x[part], labels[index[part]].to(self.device, non_blocking=True)
 
 
 def iterate_batches(
