@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -77,3 +78,19 @@ DEVICES = ["cpu", CUDA]
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture
+def tiny_resnet_config() -> Callable[..., Any]:
+    """A width-4 ResNet-20 on ``shapes`` for one epoch, batch 32, quiet; keyword overrides."""
+    from robustfeat.config import make_config
+
+    base = {
+        "model": "resnet20",
+        "model_args": {"width": 4},
+        "data": "shapes",
+        "batch_size": 32,
+        "epochs": 1,
+        "progress": False,
+    }
+    return lambda **overrides: make_config(base, overrides)

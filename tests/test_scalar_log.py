@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from robustfeat.config import make_config
 from robustfeat.data import prepare_data
 from robustfeat.scalar_log import scalars
 from robustfeat.train import train
@@ -20,19 +19,9 @@ def test_scalars_are_every_number_of_a_record_by_tag():
     assert scalars(record) == {"loss": 1.5, "lr": 0.1, "eta/s1": 0.25, "eta/s3": 0.75}
 
 
-def test_a_run_writes_its_log_records_as_tensorboard_scalars(tmp_path):
+def test_a_run_writes_its_log_records_as_tensorboard_scalars(tmp_path, tiny_resnet_config):
     data = prepare_data("shapes", n_train=128, n_test=32)
-    cfg = make_config(
-        {
-            "model": "resnet20",
-            "model_args": {"width": 4},
-            "data": "shapes",
-            "batch_size": 32,
-            "epochs": 2,
-            "log_every": 2,
-            "progress": False,
-        }
-    )
+    cfg = tiny_resnet_config(epochs=2, log_every=2)
     train(cfg, tmp_path / "run", data=data)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
@@ -46,5 +35,5 @@ def test_a_run_writes_its_log_records_as_tensorboard_scalars(tmp_path):
         for (_, a), (_, b) in zip(written, logged, strict=True):
             assert a == pytest.approx(b, rel=1e-6)  # event files store float32
     # switched off: no event files
-    train(make_config(cfg.to_dict(), {"tensorboard": False}), tmp_path / "off", data=data)
+    train(tiny_resnet_config(epochs=2, tensorboard=False), tmp_path / "off", data=data)
     assert not (tmp_path / "off" / "tensorboard").exists()

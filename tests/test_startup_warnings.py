@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from robustfeat.config import make_config
 from robustfeat.data import prepare_data
 from robustfeat.interpret.cam import class_map_size
 from robustfeat.methods import create_method
@@ -47,19 +46,11 @@ def test_cam_methods_warn_when_their_class_maps_are_under_4x4():
     assert topgap.startup_warnings(100, (3, 8, 8)) == []
 
 
-def test_the_trainer_prints_the_methods_warnings_before_training(tmp_path, capsys):
+def test_the_trainer_prints_the_methods_warnings_before_training(
+    tmp_path, capsys, tiny_resnet_config
+):
     data = prepare_data("shapes", n_train=64, n_test=32, image_size=8)
-    cfg = make_config(
-        {
-            "model": "resnet20",
-            "model_args": {"width": 4},
-            "method": "hnc",
-            "data": "shapes",
-            "batch_size": 32,
-            "epochs": 1,
-            "progress": False,
-        }
-    )
+    cfg = tiny_resnet_config(method="hnc")
     train(cfg, tmp_path / "run", data=data)
     err = capsys.readouterr().err
     assert "warning: hnc: the class maps are 2x2" in " ".join(err.split())

@@ -6,7 +6,6 @@ import json
 import torch
 from torch import nn
 
-from robustfeat.config import make_config
 from robustfeat.data import prepare_data
 from robustfeat.data.base import ImageDataset
 from robustfeat.evaluate import train_fit
@@ -63,19 +62,9 @@ def test_train_fit_measures_memorisation_of_noisy_labels():
     assert fit["memorised"] == 2 / 3
 
 
-def test_a_training_run_records_its_train_fit_beside_test_accuracy(tmp_path):
+def test_a_training_run_records_its_train_fit_beside_test_accuracy(tmp_path, tiny_resnet_config):
     data = prepare_data("shapes", n_train=128, n_test=64, label_noise=0.5)
-    cfg = make_config(
-        {
-            "model": "resnet20",
-            "model_args": {"width": 4},
-            "data": "shapes",
-            "batch_size": 32,
-            "epochs": 1,
-            "progress": False,
-        }
-    )
-    results = train(cfg, tmp_path / "run", data=data)
+    results = train(tiny_resnet_config(), tmp_path / "run", data=data)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["train"] == results["train"]
     fit = saved["train"]
