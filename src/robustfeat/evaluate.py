@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from .data.base import ImageDataset
 from .data.loader import iterate_batches
 from .errors import ConfigError
 from .methods._base import Method
+from .progress import progress_task
 from .runtime import model_mode
 
 SCHEMA = "robustfeat.results/1"
@@ -153,34 +154,13 @@ def _summary(
 
 # ------------------------------------------------------------------ progress
 class Progress:
-    """A rich progress bar per evaluation part (stderr, transient), or nothing."""
+    """A progress display per evaluation part (``progress.progress_task``), or nothing."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    @contextlib.contextmanager
-    def task(self, label: str, total: int) -> Iterator[Any]:
-        if not self.enabled:
-            yield lambda n=1: None
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        columns = (
-            TextColumn(f"[bold]{label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda n=1: bar.update(task, advance=n)
+    def task(self, label: str, total: int) -> contextlib.AbstractContextManager[Any]:
+        return progress_task(label, total, enabled=self.enabled)
 
 
 # ------------------------------------------------------------------ running one attack

@@ -75,6 +75,7 @@ from .evaluate import (
 from .methods import Method, create_method
 from .models import create_model
 from .multilabel import evaluate_multilabel
+from .progress import progress_task
 from .provenance import provenance
 from .runs import data_metadata, default_shift_sets, run_info
 from .scalar_log import ScalarLog
@@ -954,35 +955,15 @@ class Trainer:
 
     @contextlib.contextmanager
     def _progress(self, total: int, start: int) -> Iterator[Any]:
-        if not (self.cfg.progress and self.dist.main):
-            yield lambda metrics: None
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        with Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=True,
-        ) as bar:
-            task = bar.add_task("train", total=total, completed=start, info="")
+        with progress_task("train", total, start, self.cfg.progress and self.dist.main) as step:
 
             def advance(metrics: RunningMetrics) -> None:
                 if metrics.count % 10 == 0:
                     summary = metrics.summary()
                     loss, acc = summary.get("loss", float("nan")), summary.get("train_acc", 0.0)
-                    info = f"loss {loss:.3f} acc {acc:.3f}"
-                    bar.update(task, advance=1, info=info)
+                    step(info=f"loss {loss:.3f} acc {acc:.3f}")
                 else:
-                    bar.update(task, advance=1)
+                    step()
 
             yield advance
 
