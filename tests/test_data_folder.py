@@ -197,3 +197,22 @@ def test_grayscale_images_become_rgb(tmp_path):
     data = load_dataset(f"folder:{tree}")
     assert data.images.shape == (2, 3, 4, 4)
     assert data.images[1].unique().tolist() == [220]
+
+
+def test_size_resizes_mixed_sizes_on_load_and_keys_the_cache(tmp_path):
+    tree = tmp_path / "tree"
+    write_image(tree / "cat" / "a.png", (255, 0, 0), size=(8, 6))
+    write_image(tree / "dog" / "b.png", (0, 0, 255), size=(20, 10))
+    with pytest.raises(DataError, match="--data-arg size=H,W"):
+        load_dataset(f"folder:{tree}", "train")
+    data = load_dataset(f"folder:{tree}", "train", size="4,5")
+    assert data.images.shape == (2, 3, 4, 5)  # N, C, H, W
+    # a plain colour stays that colour through the bilinear resize
+    assert torch.equal(
+        data.images[0], torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None].expand(3, 4, 5)
+    )
+    square = load_dataset(f"folder:{tree}", "train", size=7)  # another size: its own cache entry
+    assert square.images.shape == (2, 3, 7, 7) and square.meta["cache"] != data.meta["cache"]
+    for bad in ("0", "a,b", [1, 2, 3], "5000"):
+        with pytest.raises(DataError, match="size must be H or H,W"):
+            load_dataset(f"folder:{tree}", "train", size=bad)

@@ -3,12 +3,14 @@
 Layout: ``PATH/<class>/<image>`` (the tree serves whichever split is asked for, recorded as
 ``meta["whole_tree"]``), or ``PATH/train/<class>/...`` plus ``PATH/test/<class>/...`` (one per
 split). A zip may wrap the tree in one top-level folder. Every non-hidden file inside a class
-folder must be an image; all images must have one size; they are converted to RGB.
+folder must be an image; all images must have one size, unless ``size=H,W`` resizes them on load
+(bilinear); they are converted to RGB.
 
 The first load decodes with PIL (a process pool for large trees) under a progress bar and
 writes a uint8 cache (safetensors + JSON sidecar with the class names, never pickle) to
 ``$ROBUSTFEAT_CACHE`` or ``~/.cache/robustfeat``, keyed by the absolute path, size and mtime
-of the source and the split. Later loads read the cache. Writes are atomic (temp file + rename).
+of the source, the split and the resize. Later loads read the cache. Writes are atomic (temp
+file + rename).
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ def load_folder(
     download: bool = False,
     workers: int = 2,
     progress: bool = True,
+    size: int | str | list[int] | None = None,
 ) -> ImageDataset:
-    """An ImageFolder tree on disk (``root``/``download`` are ignored)."""
+    """An ImageFolder tree on disk (``root``/``download`` are ignored; ``size``: see
+    ``image_size``)."""
     source = Path(path).expanduser().resolve()
     if not source.exists():
         raise DataError(f"folder:{path}: {source} does not exist")
@@ -85,7 +89,7 @@ def load_folder(
             stats.update(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     fingerprint = stats.hexdigest()
     return _load_tree(
-        "folder", source, fingerprint, split, workers, progress, lambda: (files, dirs)
+        "folder", source, fingerprint, split, workers, progress, lambda: (files, dirs), size
     )
 
 
@@ -98,8 +102,10 @@ def load_zip(
     download: bool = False,
     workers: int = 2,
     progress: bool = True,
+    size: int | str | list[int] | None = None,
 ) -> ImageDataset:
-    """An ImageFolder tree inside a zip file (``root``/``download`` are ignored)."""
+    """An ImageFolder tree inside a zip file (``root``/``download`` are ignored; ``size``: see
+    ``image_size``)."""
     source = Path(path).expanduser().resolve()
     if not source.is_file():
         raise DataError(f"zip:{path}: {source} does not exist or is not a file")
@@ -119,7 +125,7 @@ def load_zip(
 
     stat = source.stat()
     fingerprint = f"{stat.st_size}|{stat.st_mtime_ns}"
-    return _load_tree("zip", source, fingerprint, split, workers, progress, listing)
+    return _load_tree("zip", source, fingerprint, split, workers, progress, listing, size)
 
 
 # ------------------------------------------------------------------ layout
@@ -202,14 +208,39 @@ class _Reader:
             self.archive.close()
 
 
-def _decode_chunk(reader: _Reader, names: list[str]) -> tuple[tuple[int, int], bytes]:
-    """Decode files to RGB uint8; returns ((H, W), stacked pixel bytes)."""
+def image_size(size: int | str | list[int] | None) -> tuple[int, int] | None:
+    """``size`` (``--data-arg size=32`` or ``size=32,48`` or ``[32, 48]``: height, width) as
+    (H, W); every image is resized to it on load (bilinear), so mixed sizes are accepted."""
+    if size is None:
+        return None
+    parts = [size] if isinstance(size, int) else size
+    if isinstance(parts, str):
+        parts = [p.strip() for p in parts.split(",")]
+    try:
+        hw = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        hw = []
+    if len(hw) == 1:
+        hw *= 2
+    if len(hw) != 2 or not all(1 <= v <= 4096 for v in hw):
+        raise DataError(f"size must be H or H,W in pixels (1 to 4096), got {size!r}")
+    return hw[0], hw[1]
+
+
+def _decode_chunk(
+    reader: _Reader, names: list[str], size: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], bytes]:
+    """Decode files to RGB uint8 (resized to ``size``, (H, W), if given); returns ((H, W),
+    stacked pixel bytes)."""
     arrays, first = [], None
     for name in names:
         data = reader.read(name)
         try:
             with Image.open(io.BytesIO(data)) as image:
                 array = _rgb_pixels(image, reader.shown(name))
+            if size is not None and array.shape[:2] != size:
+                resized = Image.fromarray(array).resize(size[::-1], Image.Resampling.BILINEAR)
+                array = np.asarray(resized)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{reader.shown(name)} is not a readable image ({err})") from None
         except Image.DecompressionBombError:
@@ -249,14 +280,17 @@ def _rgb_pixels(image: Image.Image, shown: str) -> np.ndarray:
 _WORKER_READER: _Reader | None = None  # set in each pool worker by _init_worker
 
 
-def _init_worker(kind: str, source: Path) -> None:
-    global _WORKER_READER
-    _WORKER_READER = _Reader(kind, source)
+_WORKER_SIZE: tuple[int, int] | None = None
+
+
+def _init_worker(kind: str, source: Path, size: tuple[int, int] | None) -> None:
+    global _WORKER_READER, _WORKER_SIZE
+    _WORKER_READER, _WORKER_SIZE = _Reader(kind, source), size
 
 
 def _decode_in_worker(names: list[str]) -> tuple[tuple[int, int], bytes]:
     assert _WORKER_READER is not None
-    return _decode_chunk(_WORKER_READER, names)
+    return _decode_chunk(_WORKER_READER, names, _WORKER_SIZE)
 
 
 def _shown(kind: str, source: Path, name: str) -> str:
@@ -269,12 +303,19 @@ def _mixed_sizes(
 ) -> str:
     return (
         f"images have mixed sizes: {file} is {shape[1]}x{shape[0]} but {ref_file} is "
-        f"{ref_shape[1]}x{ref_shape[0]} (width x height); resize them to one size first"
+        f"{ref_shape[1]}x{ref_shape[0]} (width x height); resize them to one size first, or "
+        "load them resized with --data-arg size=H,W"
     )
 
 
 def _decode_all(
-    kind: str, source: Path, names: list[str], workers: int, progress: bool, label: str
+    kind: str,
+    source: Path,
+    names: list[str],
+    workers: int,
+    progress: bool,
+    label: str,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """All files as one uint8 tensor (N, 3, H, W), in the order of ``names``."""
     from rich.console import Console
@@ -304,7 +345,7 @@ def _decode_all(
             max_workers=workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_init_worker,
-            initargs=(kind, source),
+            initargs=(kind, source, size),
         ) as pool:
             futures = [pool.submit(_decode_in_worker, chunk) for chunk in chunks]
             with bar:
@@ -318,7 +359,7 @@ def _decode_all(
             with bar:
                 task = bar.add_task(label, total=len(names))
                 for chunk in chunks:
-                    results.append(_decode_chunk(reader, chunk))
+                    results.append(_decode_chunk(reader, chunk, size))
                     bar.advance(task, len(chunk))
         finally:
             reader.close()
@@ -334,8 +375,11 @@ def _decode_all(
 
 
 # ------------------------------------------------------------------ cache
-def _cache_paths(kind: str, source: Path, split: str, fingerprint: str) -> tuple[Path, Path, str]:
-    key_text = f"v{CACHE_VERSION}|{kind}|{source}|{fingerprint}|{split}"
+def _cache_paths(
+    kind: str, source: Path, split: str, fingerprint: str, size: tuple[int, int] | None = None
+) -> tuple[Path, Path, str]:
+    resized = "" if size is None else f"|{size[0]}x{size[1]}"  # unresized keys stay as they were
+    key_text = f"v{CACHE_VERSION}|{kind}|{source}|{fingerprint}|{split}{resized}"
     key = hashlib.sha256(key_text.encode()).hexdigest()
     stem = f"{kind}-{source.name.replace('.', '_')}-{split}-{key[:16]}"
     directory = cache_dir()
@@ -373,15 +417,17 @@ def _load_tree(
     workers: int,
     progress: bool,
     listing: Callable[[], tuple[list[str], set[str]]],
+    size: int | str | list[int] | None = None,
 ) -> ImageDataset:
-    """Read the cache of (source, split) or decode the tree and write the cache."""
+    """Read the cache of (source, split, size) or decode the tree and write the cache."""
+    hw = image_size(size)
     check(
         isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
         f"workers must be an integer >= 1, got {workers!r}",
     )
     workers = min(workers, available_cpus())  # more decoders than cores only adds processes
     where = f"{kind}:{source}"
-    tensors_path, sidecar_path, key = _cache_paths(kind, source, split, fingerprint)
+    tensors_path, sidecar_path, key = _cache_paths(kind, source, split, fingerprint, hw)
     cached = _read_cache(tensors_path, sidecar_path, key)
     if cached is None:
         files, dirs = listing()
@@ -391,7 +437,7 @@ def _load_tree(
             [torch.full((len(m),), k, dtype=torch.int64) for k, m in enumerate(per_class)]
         )
         label = f"decoding {source.name} [{split}] (once, then cached)"
-        images = _decode_all(kind, source, names, workers, progress, label).contiguous()
+        images = _decode_all(kind, source, names, workers, progress, label, hw).contiguous()
         sidecar = {
             "key": key,
             "source": where,
