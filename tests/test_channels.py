@@ -126,6 +126,8 @@ def test_channels_cli_writes_numbers_plots_and_a_report_figure_index(tmp_path, c
     assert main([*args, "--class", "zebra"]) == 2
     assert "valid: " in capsys.readouterr().err and not out.exists()
     assert main([*args, "--class", "1", "--class", "0"]) == 0
+    err = capsys.readouterr().err  # progress off a terminal: plain lines, one per class here
+    assert "channels class 1 3/3 (100%)" in err and "channels class 0 3/3 (100%)" in err
     result = json.loads((out / "cifs-seed0-class1.json").read_text())
     assert result["class_index"] == 1 and result["n"] == 3
     summary = result["relevance_summary"]

@@ -335,7 +335,13 @@ def cmd_channels(args: argparse.Namespace) -> int:
     for label, method, test, classes in runs:
         for index in classes:
             result = channel_activation_analysis(
-                method, test, index, steps=args.steps, n=args.n, attack_loss=args.attack_loss
+                method,
+                test,
+                index,
+                steps=args.steps,
+                n=args.n,
+                attack_loss=args.attack_loss,
+                progress=True,
             )
             stem = f"{label}-class{index}"
             io.write_json(out / f"{stem}.json", {**result, **made_by})

@@ -37,6 +37,7 @@ from ..data.loader import iterate_batches
 from ..errors import ConfigError, check
 from ..methods._base import Method
 from ..models.base import StagedModel
+from ..progress import progress_task
 from ..runtime import model_mode
 
 THRESHOLD = 0.01
@@ -108,12 +109,14 @@ def channel_activation_analysis(
     batch_size: int = 200,
     threshold: float = THRESHOLD,
     attack_loss: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Figs. 1/3 numbers for class ``class_index`` over its samples in ``data`` (the first ``n``
     of them if given): channel order, sorted classifier weights, and for natural and adversarial
     data the normalised and raw mean magnitudes, the activation frequencies and the accuracy.
     ``attack_loss``: PGD on that objective of the method's ``attack_losses()`` (whole method in
-    eval mode) rather than CE on the final logits."""
+    eval mode) rather than CE on the final logits. ``progress``: a progress display of the
+    attacked images."""
     check(
         0 <= class_index < data.num_classes,
         f"class_index must be in [0, {data.num_classes}), got {class_index}",
@@ -127,7 +130,12 @@ def channel_activation_analysis(
     step_size = eps / 10 if step_size is None else step_size
     device = next(model.parameters()).device
     natural, adversarial, correct_nat, correct_adv = [], [], 0, 0
-    with model_mode(method_or_model, "eval"), model_mode(attacked, "eval"):
+    label = f"channels class {class_index}"
+    with (
+        model_mode(method_or_model, "eval"),
+        model_mode(attacked, "eval"),
+        progress_task(label, index.numel(), enabled=progress) as advance,
+    ):
         for x, y in iterate_batches(data.subset(index), batch_size, device):
             x_adv = pgd(
                 attacked,
@@ -145,6 +153,7 @@ def channel_activation_analysis(
                     store.append(penultimate_activations(model, images).cpu())
                 correct_nat += int((attacked(x).argmax(1) == y).sum())
                 correct_adv += int((attacked(x_adv).argmax(1) == y).sum())
+            advance(x.shape[0])
     weights = model.get_classifier().weight[class_index].detach().float().cpu()
     order = torch.argsort(weights, descending=True)
     acts = {"natural": torch.cat(natural), "adversarial": torch.cat(adversarial)}
