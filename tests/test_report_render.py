@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from robustfeat import bench
@@ -22,8 +23,7 @@ from robustfeat.report.stats import format_stat, summarize
 RECIPE = """
 model: test_cnn
 model_args: {width: 4}
-data: shapes
-data_args: {n_train: 64, n_test: 32}
+data: folder:FOLDER
 batch_size: 16
 epochs: 2
 precision: fp32
@@ -42,10 +42,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def bench_results(tmp_path_factory) -> Path:
-    """results/tiny/ce/seed{0,1} published by the real bench (trained and evaluated)."""
+    """results/tiny/ce/seed{0,1} published by the real bench (trained and evaluated) on a
+    user's own data: a 3-class image folder without train/ and test/."""
     root = tmp_path_factory.mktemp("bench")
+    folder = root / "my_photos"
+    generator = torch.Generator().manual_seed(0)
+    for k, name in enumerate(("apple", "pear", "plum")):
+        (folder / name).mkdir(parents=True)
+        for i in range(40):
+            noise = torch.randint(0, 60, (8, 8, 3), generator=generator)
+            pixels = (noise + torch.tensor([40 + 80 * k, 120, 200 - 80 * k])).clamp(0, 255)
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(folder / name / f"{i:02d}.png")
     recipe = root / "tiny.yaml"
-    recipe.write_text(RECIPE)
+    recipe.write_text(RECIPE.replace("FOLDER", str(folder)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ROBUSTFEAT_CACHE", str(root / "cache"))
         bench.run_bench(str(recipe), runs_dir=root / "runs", results_dir=root / "results")
@@ -90,7 +99,7 @@ def test_report_from_real_bench_results(bench_results, tmp_path, capsys):
     assert row["fgsm"] == format_stat(summarize(fgsm))
     per_epoch = [r["run"]["train_seconds"] / 2 for r in runs]  # 2 epochs in metrics.jsonl
     assert row["Train s/epoch"] == format_stat(summarize(per_epoch), 1, 1.0) + " s"
-    # runs on shapes fill no paper table (the papers measure CIFAR): none is shown, each is named
+    # runs on a user's folder fill no paper table (the papers measure CIFAR): none is shown, each named
     assert "Baseline [31]" not in markdown and "Paper row" not in markdown
     assert "No run fills (left out): TENET (Wu et al.), Table 5;" in markdown
     for figure in ("eps", "training", "cost"):  # from real checks / metrics.jsonl
@@ -225,7 +234,7 @@ def test_html_renders_in_headless_chromium(bench_results, tmp_path):
     assert match, f"the page did not finish loading: {result.stdout[:500]} {result.stderr[-800:]}"
     check = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert check["errors"] == []
-    # runs on the user's own data (here shapes): the all-cells table, no paper table
+    # runs on the user's own 3-class folder: the all-cells table, no paper table
     assert check["tables"][0] == "cells" and "provenance" in check["tables"]
     assert "overhead" in check["tables"]
     assert not {"tenet", "hnc", "cifs", "topgap", "alfa"} & set(check["tables"])
