@@ -99,7 +99,7 @@ def test_report_from_real_bench_results(bench_results, tmp_path, capsys):
     assert row["fgsm"] == format_stat(summarize(fgsm))
     per_epoch = [r["run"]["train_seconds"] / 2 for r in runs]  # 2 epochs in metrics.jsonl
     assert row["Train s/epoch"] == format_stat(summarize(per_epoch), 1, 1.0) + " s"
-    # runs on a user's folder fill no paper table (the papers measure CIFAR): none is shown, each named
+    # runs on a user's folder fill no paper table (the papers measure CIFAR); those are named
     assert "Baseline [31]" not in markdown and "Paper row" not in markdown
     assert "No run fills (left out): TENET (Wu et al.), Table 5;" in markdown
     for figure in ("eps", "training", "cost"):  # from real checks / metrics.jsonl
