@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robustfeat.adversarial.pgd import ce_loss
 from robustfeat.attacks import adaptive_attacks, create_attack, list_attacks, worst_case
 from robustfeat.data.base import ImageDataset
 from robustfeat.errors import ConfigError, UnknownNameError
+from robustfeat.losses import ce_loss
 from robustfeat.methods._base import Method
 
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustfeat.adversarial.pgd import cw_loss
 from robustfeat.data import load_dataset
 from robustfeat.errors import ConfigError
+from robustfeat.losses import cw_loss
 from robustfeat.methods import create_method
 from robustfeat.methods.cifs import (
     ProbedNode,

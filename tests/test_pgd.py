@@ -10,17 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robustfeat.adversarial.pgd import (
-    ce_loss,
-    cw_loss,
-    dlr_loss,
-    fgsm,
-    gaussian_like,
-    model_mode,
-    pgd,
-    random_init,
-)
+from robustfeat.adversarial.pgd import fgsm, pgd, random_init
 from robustfeat.errors import ConfigError
+from robustfeat.losses import ce_loss, cw_loss, dlr_loss
+from robustfeat.runtime import gaussian_like, model_mode
 
 
 class Linear(nn.Module):

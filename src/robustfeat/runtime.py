@@ -1,5 +1,6 @@
 """Runtime helpers every layer uses (training, evaluation, attacks, methods, interpretation):
-a model's train / eval mode set and restored around a piece of work.
+a model's train / eval mode set and restored around a piece of work, and Gaussian noise shaped
+like a tensor.
 
 A neutral module: it imports nothing of the package but its errors, so anything may import it
 without a cycle (interpret -> adversarial -> methods -> interpret was one).
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -29,3 +31,10 @@ def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     finally:
         for module, training in saved:
             module.training = training
+
+
+def gaussian_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N(0, 1) noise of ``t``'s shape, sampled contiguous: ``torch.randn_like`` keeps a
+    channels_last layout and then samples element by element, about 10x slower on CPU (it was
+    9% of a feature-noise training step)."""
+    return torch.randn(t.shape, dtype=dtype or t.dtype, device=t.device)

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from .._registry import Registry
 from ..errors import ConfigError, check
 from ..methods._base import Method
-from ..runtime import model_mode
-from .pgd import gaussian_like, project, random_init
+from ..runtime import gaussian_like, model_mode
+from .pgd import project, random_init
 
 SCHEMES: Registry = Registry("adversarial-training scheme")
 register_scheme = SCHEMES.register

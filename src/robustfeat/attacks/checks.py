@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adversarial.pgd import ce_loss, cw_loss
+from ..losses import ce_loss, cw_loss
 from ..runtime import model_mode
 
 LARGE_EPS_MAX_ACCURACY = 0.05

@@ -38,8 +38,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..adversarial.pgd import ce_loss, cw_loss
 from ..errors import ConfigError, check
+from ..losses import ce_loss, cw_loss
 from ..models.base import StagedModel
 from ..nn.channel_select import IMGFS, PROBES, ChannelSelect
 from ._base import AttackLoss, Method

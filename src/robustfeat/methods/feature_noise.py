@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ..adversarial.pgd import gaussian_like
 from ..errors import check
 from ..models.base import StagedModel
+from ..runtime import gaussian_like
 from ._registry import register_method
 from .alfa import FeaturePerturbation, Site
 
