@@ -218,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, keep_training_record, print_summary
     from .runs import check_data_fits, default_shift_sets, load_run, read_run_config, run_info
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     cfg = read_run_config(args.run_dir)
     spec = args.data or cfg.data
@@ -275,7 +275,7 @@ def load_runs_for_figures(args: argparse.Namespace) -> list[tuple[str, Any, Any]
     """(label, method, test split) of every RUN_DIR, all loaded (and so checked) before any
     output is written."""
     from .runs import check_data_fits, load_run, read_run_config
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     device = resolve_device(args.device)
     runs = []

@@ -1,6 +1,6 @@
 """Runtime helpers every layer uses (training, evaluation, attacks, methods, interpretation):
-a model's train / eval mode set and restored around a piece of work, and Gaussian noise shaped
-like a tensor.
+the device a name asks for, a model's train / eval mode set and restored around a piece of work,
+and Gaussian noise shaped like a tensor.
 
 A neutral module: it imports nothing of the package but its errors, so anything may import it
 without a cycle (interpret -> adversarial -> methods -> interpret was one).
@@ -38,3 +38,17 @@ def gaussian_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Te
     channels_last layout and then samples element by element, about 10x slower on CPU (it was
     9% of a feature-noise training step)."""
     return torch.randn(t.shape, dtype=dtype or t.dtype, device=t.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} asked for, but CUDA is not available here; use cpu or auto"
+        )
+    return device

@@ -78,6 +78,7 @@ from .multilabel import evaluate_multilabel
 from .progress import progress_task
 from .provenance import provenance
 from .runs import data_metadata, default_shift_sets, run_info
+from .runtime import resolve_device
 from .scalar_log import ScalarLog
 
 CHECKPOINTS = "checkpoints"
@@ -140,20 +141,6 @@ def fault_point(where: str, step: int | None = None, rank: int = 0) -> None:
 
 
 # ------------------------------------------------------------------ small pure pieces
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r} asked for, but CUDA is not available here; use cpu or auto"
-        )
-    return device
-
-
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` of ``total``."""
     t = step + 1
