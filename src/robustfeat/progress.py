@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 PLAIN_EVERY_PERCENT = 10
 PLAIN_EVERY_SECONDS = 60.0
@@ -29,7 +30,9 @@ class PlainLines:
     """The non-terminal progress: a line when a ``PLAIN_EVERY_PERCENT`` step or
     ``PLAIN_EVERY_SECONDS`` has passed, and at the end."""
 
-    def __init__(self, label: str, total: int, start: int = 0, stream=None) -> None:
+    def __init__(
+        self, label: str, total: int, start: int = 0, stream: TextIO | None = None
+    ) -> None:
         self.label, self.total, self.done = label, max(total, 1), start
         self.start_done, self.stream = start, stream or sys.stderr
         self.started = self.last_time = time.perf_counter()
