@@ -142,14 +142,9 @@ def claims_table(claims: Claims, groups: list[CellGroup]) -> Table | None:
         "it, ? one seed). The verdict reads the last budget: reproduces only on ▲.",
         "Places: "
         + "; ".join(
-            f"{b}: " + ", ".join(sorted({p.recipe for c in claims.claims for p in _at(c, b)}))
+            f"{b}: " + ", ".join(sorted({c.at[b].recipe for c in claims.claims if b in c.at}))
             for b in claims.budgets
         )
         + " (robustfeat/report/claims.yaml).",
     ]
     return Table("claims", "The papers' claims, rerun", header, rows, notes)
-
-
-def _at(claim: Claim, budget: str) -> list[Place]:
-    place = claim.at.get(budget)
-    return [place] if place else []
