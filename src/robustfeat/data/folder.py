@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError, check
+from ..progress import progress_task
 from ._registry import SPLITS, register_path_form
 from .base import ImageDataset
 
@@ -318,25 +319,8 @@ def _decode_all(
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """All files as one uint8 tensor (N, 3, H, W), in the order of ``names``."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     chunks = [names[i : i + _CHUNK] for i in range(0, len(names), _CHUNK)]
     results: list[tuple[tuple[int, int], bytes]] = []
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-    )
     if workers > 1 and len(names) >= _POOL_MIN_FILES:
         # fork starts workers without re-importing torch. ProcessPoolExecutor launches all fork
         # workers at the first submit, before the progress bar starts its refresh thread.
@@ -348,19 +332,17 @@ def _decode_all(
             initargs=(kind, source, size),
         ) as pool:
             futures = [pool.submit(_decode_in_worker, chunk) for chunk in chunks]
-            with bar:
-                task = bar.add_task(label, total=len(names))
+            with progress_task(label, len(names), enabled=progress) as advance:
                 for chunk, future in zip(chunks, futures, strict=True):
                     results.append(future.result())
-                    bar.advance(task, len(chunk))
+                    advance(len(chunk))
     else:
         reader = _Reader(kind, source)
         try:
-            with bar:
-                task = bar.add_task(label, total=len(names))
+            with progress_task(label, len(names), enabled=progress) as advance:
                 for chunk in chunks:
                     results.append(_decode_chunk(reader, chunk, size))
-                    bar.advance(task, len(chunk))
+                    advance(len(chunk))
         finally:
             reader.close()
     (height, width), _ = results[0]
