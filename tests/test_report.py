@@ -20,18 +20,15 @@ from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
 from robustfeat.report.spec import Metric, dataset_family, measure, train_seconds
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
-from robustfeat.report.tables import (
-    LEGEND,
-    best_cell,
-    cam_table,
-    cells_table,
-    flags_table,
-    paper_table,
-    perf_tables,
-    provenance_table,
-    reference_names,
-    sweep_table,
-)
+from robustfeat.report.tables.cam import cam_table
+from robustfeat.report.tables.cells import cells_table
+from robustfeat.report.tables.common import LEGEND
+from robustfeat.report.tables.flags import flags_table
+from robustfeat.report.tables.paper import paper_table
+from robustfeat.report.tables.perf import perf_tables
+from robustfeat.report.tables.provenance import provenance_table
+from robustfeat.report.tables.references import reference_names
+from robustfeat.report.tables.sweeps import best_cell, sweep_table
 
 EPS = 8 / 255
 

@@ -477,7 +477,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         claims=args.claims,
         command=command,
     )
-    from .report.tables import count
+    from .report.tables.common import count
 
     runs = sum(len(g.runs) for g in built.groups)
     print(f"report: {count(runs, 'run')} in {count(len(built.groups), 'cell')}", end="")

@@ -16,21 +16,14 @@ from .collect import CellGroup, Collection, collect, group, read_json
 from .plots import Plot, make_plots, sweep_plot
 from .render import Report, Section, report_html, report_markdown, table_markdown, update_readme
 from .spec import DEFAULT_PERF_GOALS, DEFAULT_TABLES, Spec, load_spec, load_yaml, read_yaml
-from .tables import (
-    LEGEND,
-    Table,
-    assign_rows,
-    cam_table,
-    cells_table,
-    count,
-    flags_table,
-    our_setting,
-    paper_table,
-    perf_tables,
-    provenance_table,
-    step_profile_table,
-    sweep_table,
-)
+from .tables.cam import cam_table
+from .tables.cells import cells_table
+from .tables.common import LEGEND, Table, count, our_setting
+from .tables.flags import flags_table
+from .tables.paper import assign_rows, paper_table
+from .tables.perf import perf_tables, step_profile_table
+from .tables.provenance import provenance_table
+from .tables.sweeps import sweep_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_FIGURE_BYTES = 64 * 2**20

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from .collect import CellGroup
 from .spec import Metric, load_yaml, need, parse_metric
 from .stats import MARKERS, Stat, compare
-from .tables import Table, cell_stat, format_measured
+from .tables.common import Table, cell_stat, format_measured
 
 DEFAULT_CLAIMS = Path(__file__).with_name("claims.yaml")
 # what each outcome of the improvement rule says of a claim that a method improves a metric

@@ -21,7 +21,7 @@ from ..config import SELECTION_CRITERIA
 from .collect import CellGroup, Run
 from .spec import Sweep, train_seconds
 from .stats import Stat, summarize
-from .tables import cell_stat
+from .tables.common import cell_stat
 
 Series = dict[float, list[float]]  # x -> the seeds' y values
 EPS_TICKS = (0.5, 1, 2, 4, 8, 16, 32, 64, 127.5)  # 127.5: the sweep's LARGE_EPS = 0.5

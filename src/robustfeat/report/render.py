@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .plots import Plot
-from .tables import Table
+from .tables.common import Table
 
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"

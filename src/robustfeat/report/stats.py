@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 Verdict = Literal["better", "worse", "within_spread", "unknown"]
 MARKERS: dict[Verdict, str] = {"better": "▲", "worse": "▼", "within_spread": "≈", "unknown": "?"}
-# in place of ▲ where the compared attack is one the cell masks (tables.masked_column)
+# in place of ▲ where the compared attack is one the cell masks (tables/common.py: masked_column)
 MASKED = "⚠"
 
 
