@@ -22,7 +22,7 @@ from robustfeat.report.spec import Metric, dataset_family, measure, train_second
 from robustfeat.report.stats import Stat, compare, parse_eps, summarize
 from robustfeat.report.tables.cam import cam_table
 from robustfeat.report.tables.cells import cells_table
-from robustfeat.report.tables.common import LEGEND
+from robustfeat.report.tables.common import LEGEND, compared, ours_cell
 from robustfeat.report.tables.flags import flags_table
 from robustfeat.report.tables.paper import paper_table
 from robustfeat.report.tables.perf import perf_tables
@@ -547,6 +547,36 @@ def test_cells_are_compared_within_their_at_scheme(tree):
     assert row["Natural: ours"] == "71.50 ± 0.71 ≈"
     assert row["PGD-20: ours"] == "40.50 ± 0.71 ≈"
     assert row["Natural: paper"] == "83.86"
+
+
+def test_a_cell_of_ours_reads_the_same_in_the_cells_and_the_paper_tables(tmp_path):
+    """One formatter (``ours_cell``) for every table: the same text for the same cell and
+    reference; a descriptive column (train s/epoch) carries a ratio and a marker only where it
+    is a ratio to the reference (the papers'), and a metric fewer seeds measured says (n=k)."""
+    for seed in (0, 1):
+        ce = results(0.70 + 0.01 * seed, at="fgsm_rs", seed=seed, mce=0.35)
+        ce["run"]["train_seconds"] = 100.0 + 20 * seed  # 10 epochs: 10, 12 s/epoch
+        write_run(tmp_path, "cpu", "ce+fgsm_rs", seed, ce)
+        cifs = results(0.60 + 0.01 * seed, method="cifs", at="fgsm_rs", seed=seed)
+        cifs["run"]["train_seconds"] = 200.0 + 20 * seed  # 20, 22 s/epoch
+        if seed == 0:
+            cifs["corruptions"] = ce["corruptions"] | {"mce": 0.30}
+        write_run(tmp_path, "cpu", "cifs+fgsm_rs", seed, cifs)
+    groups = groups_of(tmp_path)
+    ref, cell = by_key(groups)["cpu/ce+fgsm_rs"], by_key(groups)["cpu/cifs+fgsm_rs"]
+    # clean 60.5 vs 70.5: |10| > 0.71 + 0.71 -> worse; s/epoch 21 vs 11: slower by 10 > 1.4 + 1.4
+    cells = row_for(cells_table(groups, load_spec()), "cpu/cifs+fgsm_rs")
+    assert cells["Clean"] == "60.50 ± 0.71 ▼"
+    assert cells["Train s/epoch"] == "21.0 ± 1.4 s"  # describes training: no marker
+    assert cells["mCE"] == "30.00 (n=1) ?"  # one of two seeds measured it: undecidable
+    paper = paper_table(load_spec().table("cifs"), groups)
+    row = row_for(paper, "CIFS", "cpu/cifs+fgsm_rs")
+    assert row["Natural: ours"] == cells["Clean"]
+    assert row["Train s/epoch: ours"] == "21.0 ± 1.4 s (×1.91) ▼"  # 21 / 11
+    assert ours_cell(cell, ref, Metric("train_s_per_epoch")) == cells["Train s/epoch"]
+    assert ours_cell(cell, None, Metric("clean")) == "60.50 ± 0.71"  # no reference, no marker
+    assert not compared(Metric("train_gap")) and not compared(Metric("train"))
+    assert compared(Metric("train_s_per_epoch", ratio_to_reference=True))
 
 
 def test_cells_are_compared_within_their_recipe(tmp_path):

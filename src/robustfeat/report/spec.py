@@ -75,7 +75,8 @@ class Metric:
     @property
     def descriptive(self) -> bool:
         """Describes the training (time, fit of the train set), not a better or worse model:
-        shown without an improvement marker."""
+        shown without an improvement marker, unless its column is a ratio to the reference
+        (``tables.common.compared``)."""
         return self.kind in ("train_s_per_epoch", "train", "train_gap")
 
     @property

@@ -14,11 +14,9 @@ from .common import (
     cell_stat,
     diverged_note,
     flag_summary,
-    format_measured,
-    masked_column,
     our_setting,
+    ours_cell,
     seeds_text,
-    with_marker,
 )
 from .references import generic_reference
 
@@ -65,15 +63,7 @@ def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGrou
     for group in groups:
         ref = generic_reference(groups, group, spec.reference_cell)
         line = [group.key, group.method or "?", group.at or "–", seeds_text(group)]
-        for _, metric in metrics:
-            stat = cell_stat(group, metric)
-            text = format_measured(stat, metric)
-            if stat is not None and stat.n < len(group.runs):
-                text += f" (n={stat.n})"
-            if not metric.descriptive and ref is not None:
-                ref_stat = cell_stat(ref, metric)
-                text = with_marker(text, stat, ref_stat, metric, masked_column(group, metric))
-            line.append(text)
+        line += [ours_cell(group, ref, metric) for _, metric in metrics]
         line.append(flag_summary(group))
         rows.append(line)
     notes = [

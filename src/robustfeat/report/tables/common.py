@@ -90,12 +90,25 @@ def masked_column(group: CellGroup, metric: Metric) -> bool:
     )
 
 
+def compared(metric: Metric) -> bool:
+    """Whether a cell's ``metric`` is set against its reference: every metric that makes a model
+    better or worse, and a descriptive one (train time / fit) only where its column asks for the
+    ratio to the reference (the papers' s/epoch: ``(×1.32) ≈``)."""
+    return not metric.descriptive or metric.ratio_to_reference
+
+
 def ours_cell(group: CellGroup, ref: CellGroup | None, metric: Metric) -> str:
+    """The one format of a measured cell of ours in every table: mean ± std over the seeds
+    (``format_measured``), ``(n=k)`` where only k of them measured it, then, where ``compared``
+    and ``ref`` is given, ``(×r)`` of the reference's mean on a ``ratio_to_reference`` column and
+    the marker against the reference (``with_marker``, ⚠ on a masked gain)."""
     stat = cell_stat(group, metric)
     text = format_measured(stat, metric)
     if stat is not None and stat.n < len(group.runs):
         text += f" (n={stat.n})"
-    ref_stat = cell_stat(ref, metric) if ref is not None else None
+    if ref is None or not compared(metric):
+        return text
+    ref_stat = cell_stat(ref, metric)
     if metric.ratio_to_reference and stat is not None and ref_stat is not None and ref_stat.mean:
         text += f" (×{stat.mean / ref_stat.mean:.2f})"
     return with_marker(text, stat, ref_stat, metric, masked_column(group, metric))
