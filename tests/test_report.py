@@ -1269,6 +1269,25 @@ def test_cells_table_shows_train_fit_and_gap_without_improvement_markers(tmp_pat
     assert measure(run, Metric("train_gap")) == pytest.approx(0.19)
 
 
+def test_label_noise_cells_show_how_much_noise_was_memorised(tmp_path):
+    root = tmp_path / "results"
+    fits = {"ce_sym0.4": (0.45, 0.97, 0.93), "hnc_mse_sym0.4": (0.55, 0.70, 0.30)}
+    for cell, (test, train, memorised) in fits.items():
+        run = results(test, method=cell.split("_sym")[0])
+        run["train"] = {"accuracy": train, "mislabelled": 0.4, "memorised": memorised}
+        write_run(root, "cpu-converged-labelnoise", cell, 0, run)
+    write_run(root, "cpu", "ce", 0, results(0.8))  # a clean cell: no label noise, no value
+    table = cells_table(groups_of(root), load_spec())
+    assert table.header[4:8] == ["Clean", "Train", "Gap", "Memorised"]
+    ce = row_for(table, "cpu-converged-labelnoise/ce_sym0.4")
+    hnc = row_for(table, "cpu-converged-labelnoise/hnc_mse_sym0.4")
+    # descriptive like the train fit: no marker, although hnc's clean accuracy carries one
+    assert ce["Memorised"] == "93.00" and hnc["Memorised"] == "30.00"
+    assert hnc["Clean"] == "55.00 ?"
+    assert row_for(table, "cpu/ce")["Memorised"] == "–"
+    assert "share predicted as their wrong label" in table.notes[1]
+
+
 # ------------------------------------------------------------------ the claims table
 CLAIMS_YAML = """
 budgets: ["10 epochs", converged]

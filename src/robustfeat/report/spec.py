@@ -33,6 +33,7 @@ METRIC_KINDS = (
     "shift",
     "train",  # accuracy on the un-augmented training images (results["train"])
     "train_gap",  # train - clean test accuracy
+    "memorised",  # label noise: of the mislabelled training images, the share fitted to the wrong label
     "eta_last",  # L-ALFA: the learned η of its deepest site at the end of training
 )
 # results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
@@ -77,7 +78,7 @@ class Metric:
         """Describes the training (time, fit of the train set), not a better or worse model:
         shown without an improvement marker, unless its column is a ratio to the reference
         (``tables.common.compared``)."""
-        return self.kind in ("train_s_per_epoch", "train", "train_gap")
+        return self.kind in ("train_s_per_epoch", "train", "train_gap", "memorised")
 
     @property
     def is_fraction(self) -> bool:
@@ -536,6 +537,8 @@ def measure(run: Run, metric: Metric) -> float | None:
         test = _number(clean.get("accuracy"))
         gap = metric.kind == "train_gap" and train is not None and test is not None
         value = train - test if gap else train  # type: ignore[operator]
+    elif metric.kind == "memorised":
+        value = _number(_mapping(r, "train").get("memorised"))
     elif metric.kind == "eta_last":
         return eta_last(run)
     else:

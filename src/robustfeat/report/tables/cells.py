@@ -34,6 +34,7 @@ def _attack_labels(groups: list[CellGroup]) -> list[str]:
 def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
     """(column label, metric) of the all-cells table, without columns nobody measured."""
     columns = [("Clean", Metric("clean")), ("Train", Metric("train")), ("Gap", Metric("train_gap"))]
+    columns.append(("Memorised", Metric("memorised")))
     columns += [
         (label, Metric("attack", {"label": glob.escape(label), "kind": "standard"}))
         for label in _attack_labels(groups)
@@ -48,12 +49,20 @@ def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
 
 
 def train_fit_note(metrics: list[tuple[str, Metric]]) -> str:
-    if not any(metric.kind == "train" for _, metric in metrics):
-        return ""
-    return (
-        "Train: accuracy on the un-augmented training images (eval mode, against the labels "
-        "trained on), Gap: Train − Clean; "
-    )
+    kinds = {metric.kind for _, metric in metrics}
+    note = ""
+    if "train" in kinds:
+        note += (
+            "Train: accuracy on the un-augmented training images (eval mode, against the labels "
+            "trained on), Gap: Train − Clean; "
+        )
+    if "memorised" in kinds:
+        note += (
+            "Memorised (label-noise cells): of the mislabelled training images, the share "
+            "predicted as their wrong label (memorising the noise puts Train above the share of "
+            "correct labels); "
+        )
+    return note
 
 
 def cells_table(groups: list[CellGroup], spec: Spec, diverged: Sequence[CellGroup] = ()) -> Table:
