@@ -204,6 +204,45 @@ def test_autoattack_reference_settings():
     assert aa.parts["fab_t"].build(toy_task()[0], num_classes=4).n_target_classes == 3
 
 
+# the torchattacks settings each part must receive (attribute names of torchattacks 3.5)
+TA_SETTINGS = ("eps", "norm", "steps", "n_restarts", "seed", "loss", "n_target_classes")
+TA_SETTINGS += ("multi_targeted", "n_queries", "p_init", "rescale_schedule")
+
+
+def torchattacks_settings(ta: object) -> dict[str, object]:
+    return {"class": type(ta).__name__} | {k: getattr(ta, k) for k in TA_SETTINGS if hasattr(ta, k)}
+
+
+def test_autoattack_passes_every_option_to_each_part():
+    """Non-default options reach each torchattacks object exactly as the reference composes them
+    (one restart, 3 targets of 10 classes -> n_classes 4, Square's own queries / p_init / loss),
+    and each part builds the same object as the stand-alone attack of that name."""
+    options = {"eps": 0.1, "norm": "l2", "seed": 5}
+    aa = create_attack("autoattack", **options, steps=7, targets=3, queries=60)
+    shared = {"eps": 0.1, "norm": "L2", "seed": 5, "n_restarts": 1}
+    expected = {
+        "apgd_ce": {"class": "APGD", **shared, "steps": 7, "loss": "ce"},
+        "apgd_t": {"class": "APGDT", **shared, "steps": 7, "n_target_classes": 3},
+        "fab_t": {"class": "FAB", **shared, "steps": 7, "multi_targeted": True}
+        | {"n_target_classes": 3},
+        "square": {"class": "Square", **shared, "n_queries": 60, "p_init": 0.8}
+        | {"loss": "margin", "rescale_schedule": False},
+    }
+    alone = {
+        "apgd_ce": create_attack("apgd_ce", **options, steps=7),
+        "apgd_t": create_attack("apgd_t", **options, steps=7, targets=3),
+        "fab_t": create_attack("fab_t", **options, steps=7, targets=3),
+        "square": create_attack("square", **options, queries=60),
+    }
+    model = toy_task()[0]
+    assert list(aa.parts) == list(expected)
+    for label, part in aa.parts.items():
+        built = torchattacks_settings(part.build(model, num_classes=10))
+        assert built == expected[label], label
+        assert torchattacks_settings(alone[label].build(model, num_classes=10)) == built, label
+        assert part.describe() == alone[label].describe(), label
+
+
 class ProbeMethod(Method):
     """A method with an auxiliary 'probe' objective (like CIFS's probe heads)."""
 

@@ -145,7 +145,7 @@ def test_help_imports_no_torch_and_list_nothing_heavy():
 def test_public_names_resolve_lazily_and_evaluate_stays_the_function():
     code = (
         "import robustfeat as rf, robustfeat.evaluate\n"
-        "assert callable(rf.evaluate) and rf.evaluate.__module__ == 'robustfeat.evaluate'\n"
+        "assert callable(rf.evaluate) and rf.evaluate.__module__ == 'robustfeat.evaluate.suite'\n"
         "assert rf.create_method.__module__ == 'robustfeat.methods._registry'\n"
         "assert 'load_run' in dir(rf)"
     )

@@ -10,14 +10,14 @@ from robustfeat.data import load_dataset, prepare_data
 from robustfeat.data.base import ImageDataset
 from robustfeat.data.mosaic import make_mosaic, tile
 from robustfeat.errors import ConfigError, DataError
-from robustfeat.interpret.metrics import cam_quality
-from robustfeat.models import create_model
-from robustfeat.multilabel import (
+from robustfeat.evaluate.multilabel import (
     average_precision,
     mean_average_precision,
     multilabel_metrics,
     precision_recall_f1,
 )
+from robustfeat.interpret.metrics import cam_quality
+from robustfeat.models import create_model
 from robustfeat.train import train
 
 

@@ -72,9 +72,9 @@ from .evaluate import (
     run_attack,
     train_fit,
 )
+from .evaluate.multilabel import evaluate_multilabel
 from .methods import Method, create_method
 from .models import create_model
-from .multilabel import evaluate_multilabel
 from .progress import progress_task
 from .provenance import provenance
 from .runs import data_metadata, default_shift_sets, run_info

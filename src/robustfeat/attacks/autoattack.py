@@ -78,10 +78,23 @@ class TorchattacksAttack(Attack):
     """Runs one torchattacks attack with our mode / RNG / device discipline."""
 
     ta_norm: ClassVar[dict[str, str]] = {"linf": "Linf", "l2": "L2"}
+    ta_class: ClassVar[str]  # the torchattacks class this attack configures
+    restarts: int = 1  # the reference runs every part but APGD-CE with one restart
 
     @abc.abstractmethod
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
+        """This attack's own torchattacks options, beyond those every part shares."""
+
     def build(self, model: nn.Module, num_classes: int) -> Any:
         """The configured torchattacks object for ``model``."""
+        return getattr(_torchattacks(), self.ta_class)(
+            model,
+            norm=self.ta_norm[self.norm],
+            eps=self.eps,
+            n_restarts=self.restarts,
+            seed=self.seed,
+            **self.ta_options(num_classes),
+        )
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         model, device = _float32_model(model)
@@ -100,6 +113,7 @@ class APGDCE(TorchattacksAttack):
 
     name = "apgd_ce"
     loss = "ce"
+    ta_class = "APGD"
 
     def __init__(
         self,
@@ -115,16 +129,8 @@ class APGDCE(TorchattacksAttack):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "restarts": self.restarts}
 
-    def build(self, model: nn.Module, num_classes: int) -> Any:
-        return _torchattacks().APGD(
-            model,
-            norm=self.ta_norm[self.norm],
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.restarts,
-            seed=self.seed,
-            loss="ce",
-        )
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
+        return {"steps": self.steps, "loss": "ce"}
 
 
 class MultiTargeted(TorchattacksAttack):
@@ -144,9 +150,9 @@ class MultiTargeted(TorchattacksAttack):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "targets": self.targets}
 
-    def ta_classes(self, num_classes: int) -> int:
-        """torchattacks' ``n_classes``: it attacks ``n_classes - 1`` target classes."""
-        return min(self.targets, num_classes - 1) + 1
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
+        # torchattacks' ``n_classes``: it attacks ``n_classes - 1`` target classes
+        return {"steps": self.steps, "n_classes": min(self.targets, num_classes - 1) + 1}
 
 
 @register_attack(name="apgd_t")
@@ -155,21 +161,14 @@ class APGDT(MultiTargeted):
 
     name = "apgd_t"
     loss = "dlr_targeted"
+    ta_class = "APGDT"
 
-    def build(self, model: nn.Module, num_classes: int) -> Any:
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
         if num_classes < 4:
             raise ConfigError(
                 f"APGD-T's targeted DLR loss needs >= 4 classes, the model has {num_classes}"
             )
-        return _torchattacks().APGDT(
-            model,
-            norm=self.ta_norm[self.norm],
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=1,
-            seed=self.seed,
-            n_classes=self.ta_classes(num_classes),
-        )
+        return super().ta_options(num_classes)
 
 
 @register_attack(name="fab_t")
@@ -178,18 +177,10 @@ class FABT(MultiTargeted):
 
     name = "fab_t"
     loss = "fab"
+    ta_class = "FAB"
 
-    def build(self, model: nn.Module, num_classes: int) -> Any:
-        return _torchattacks().FAB(
-            model,
-            norm=self.ta_norm[self.norm],
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=1,
-            seed=self.seed,
-            multi_targeted=True,
-            n_classes=self.ta_classes(num_classes),
-        )
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
+        return {**super().ta_options(num_classes), "multi_targeted": True}
 
 
 @register_attack(name="square")
@@ -198,6 +189,7 @@ class Square(TorchattacksAttack):
 
     name = "square"
     loss = "margin"
+    ta_class = "Square"
 
     def __init__(
         self,
@@ -226,18 +218,13 @@ class Square(TorchattacksAttack):
                 f"({err}); use the L∞ version or another image size"
             ) from err
 
-    def build(self, model: nn.Module, num_classes: int) -> Any:
-        return _torchattacks().Square(
-            model,
-            norm=self.ta_norm[self.norm],
-            eps=self.eps,
-            n_queries=self.queries,
-            n_restarts=1,
-            p_init=self.p_init,
-            loss="margin",
-            resc_schedule=False,
-            seed=self.seed,
-        )
+    def ta_options(self, num_classes: int) -> dict[str, Any]:
+        return {
+            "n_queries": self.queries,
+            "p_init": self.p_init,
+            "loss": "margin",
+            "resc_schedule": False,
+        }
 
 
 @register_attack(name="autoattack")
@@ -280,7 +267,7 @@ class AutoAttack(Attack):
         x_adv = x.detach().clone()
         with torch.no_grad(), model_mode(model, "eval"):
             robust = model(x).argmax(1) == y
-            num_classes = int(model(x[:1]).shape[1])
+            num_classes = _num_classes(model, x)
         stages: dict[str, torch.Tensor] = {}
         for label, part in self.parts.items():
             if label == "apgd_t" and num_classes < 4:

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.base import ImageDataset
-from .errors import DataError
-from .evaluate import SCHEMA, as_eval_model, predict
+from ..data.base import ImageDataset
+from ..errors import DataError
+from .accuracy import as_eval_model, predict
+from .records import SCHEMA
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:

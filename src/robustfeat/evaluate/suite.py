@@ -1,26 +1,11 @@
-"""The evaluation suite's entry point and results schema (``robustfeat.results/1``).
+"""Running an evaluation suite (``robustfeat.attacks.suites``) on a method or model into a results
+dict (``records.py`` holds its schema).
 
-Every model is evaluated through ``Method.eval_model()`` (x in [0,1] -> logits, eval mode);
-accuracies are fractions in [0, 1] and eps is in pixel units of [0, 1] images.
-
-``evaluate(method_or_model, data, suite, n=...)`` runs a suite (``robustfeat.attacks.suites``):
-clean accuracy on the whole test set; each attack on the first ``n`` (AutoAttack: ``n_aa``)
-samples of a fixed seeded permutation of the test set; the method's adaptive losses; the
-per-sample worst case over the suite's main threat model; gradient-masking checks (flags);
-common corruptions; distribution-shift sets. Results schema (keys beyond these may be added)::
-
-    {"schema": "robustfeat.results/1", "run": {...}, "suite": "standard",
-     "clean": {"accuracy", "n", "seconds", "topk": {"1", "2", "3"}, "per_class": {...}},
-     "attacks": [{"label", "name", "kind", "norm", "eps", "steps", "step_size", "loss",
-                  "accuracy", "n", "seconds", "topk", "per_class", "stages"}],
-     "worst_case": {"accuracy", "n", "attack", ...},
-     "adaptive": {"losses": [...], "table": [{"template", "loss", "accuracy"}]},
-     "checks": {"eps_sweep": [...], "gradients": {...}, "outputs": {...}},
-     "corruptions": {"source", "mce", "per_corruption": {name: [5 errors]}, ...},
-     "shift": {name: {"accuracy", "n", "drop"}},
-     "train": {"accuracy", "n", "seconds", + with label noise: "accuracy_true_labels",
-               "mislabelled", "memorised"}   (written by the trainer: ``train_fit``),
-     "flags": [{"name", "detail", "values"}], "seconds": total}
+``evaluate(method_or_model, data, suite, n=...)`` runs: clean accuracy on the whole test set;
+each attack on the first ``n`` (AutoAttack: ``n_aa``) samples of a fixed seeded permutation of
+the test set; the method's adaptive losses; the per-sample worst case over the suite's main
+threat model; gradient-masking checks (flags); common corruptions; distribution-shift sets.
+Eps is in pixel units of [0, 1] images.
 """
 
 from __future__ import annotations
@@ -36,109 +21,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import io
-from .attacks import checks
-from .attacks.adaptive import adaptive_attacks, worst_case
-from .attacks.base import Attack, create_attack
-from .attacks.suites import LARGE_EPS, AttackSpec, Suite, get_suite
-from .data.base import ImageDataset
-from .data.loader import iterate_batches
-from .errors import ConfigError
-from .methods._base import Method
-from .progress import progress_task
-from .runtime import model_mode
-
-SCHEMA = "robustfeat.results/1"
-
-
-def as_eval_model(method_or_model: Method | nn.Module) -> nn.Module:
-    return method_or_model.eval_model() if isinstance(method_or_model, Method) else method_or_model
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> torch.Tensor:
-    """Logits (float32, CPU) of the whole dataset, in order, with the model in eval mode."""
-    device = model_device(model)
-    outs = []
-    with model_mode(model, "eval"):
-        for x, _ in iterate_batches(dataset, batch_size, device):
-            outs.append(model(x).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0, 0)
-
-
-def clean_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 500) -> float:
-    logits = predict(model, dataset, batch_size)
-    return fraction(logits.argmax(1) == dataset.labels)
-
-
-# what the trainer records in results.json beside the evaluation: re-evaluating keeps it
-TRAINING_KEYS = ("train", "best_epoch")
-RUN_TRAINING_KEYS = ("train_seconds",)
-
-
-def keep_training_record(previous: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """``evaluation`` (a new results dict) with the training facts of the run's ``previous``
-    results kept: its train fit, best-epoch selection and training time. The evaluation's own
-    sections (clean, attacks, corruptions, ...) replace the old ones."""
-    merged = {**evaluation}
-    for key in TRAINING_KEYS:
-        if key in previous and key not in merged:
-            merged[key] = previous[key]
-    old_run = previous.get("run") if isinstance(previous.get("run"), dict) else {}
-    kept = {k: old_run[k] for k in RUN_TRAINING_KEYS if k in old_run}
-    merged["run"] = {**kept, **(evaluation.get("run") or {})}
-    return merged
-
-
-def train_fit(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> dict[str, Any]:
-    """How well the model fits its training set: accuracy in eval mode on the un-augmented
-    training images against the labels it was trained on (``accuracy``).
-
-    With injected label noise (``train.clean_labels``) also: ``accuracy_true_labels`` (against
-    the clean labels), ``mislabelled`` (the fraction of wrong training labels) and ``memorised``
-    (of the mislabelled images, the fraction predicted as their wrong label). A network that has
-    memorised the noise has ``accuracy`` above ``1 - mislabelled``.
-    """
-    start = time.perf_counter()
-    predicted = predict(model, train, batch_size).argmax(1)
-    fit: dict[str, Any] = {"accuracy": fraction(predicted == train.labels), "n": len(train)}
-    clean = train.clean_labels
-    if clean is not None:
-        wrong = train.labels != clean
-        fit["accuracy_true_labels"] = fraction(predicted == clean)
-        fit["mislabelled"] = fraction(wrong)
-        fit["memorised"] = fraction(predicted[wrong] == train.labels[wrong])
-    fit["seconds"] = time.perf_counter() - start
-    return fit
-
-
-# ------------------------------------------------------------------ metrics from logits
-def fraction(mask: torch.Tensor) -> float:
-    """Mean of a bool vector as an exact Python float (0.0 when empty)."""
-    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
-
-
-def topk_correct(
-    logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...]
-) -> dict[str, torch.Tensor]:
-    """Per-sample "label among the top-k logits" for each k (k capped at the class count)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    return {str(k): (top[:, :k] == y[:, None]).any(1) for k in ks}
-
-
-def per_class_accuracy(
-    correct: torch.Tensor, y: torch.Tensor, class_names: list[str]
-) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for c, name in enumerate(class_names):
-        mask = y == c
-        out[name] = fraction(correct[mask]) if mask.any() else None
-    return out
+from .. import io
+from ..attacks import checks
+from ..attacks.adaptive import adaptive_attacks, worst_case
+from ..attacks.base import Attack, create_attack
+from ..attacks.suites import LARGE_EPS, AttackSpec, Suite, get_suite
+from ..data.base import ImageDataset
+from ..data.loader import iterate_batches
+from ..errors import ConfigError
+from ..methods._base import Method
+from ..progress import progress_task
+from ..runtime import model_mode
+from .accuracy import (
+    as_eval_model,
+    clean_accuracy,
+    fraction,
+    model_device,
+    per_class_accuracy,
+    predict,
+    topk_correct,
+)
+from .records import SCHEMA
 
 
 def _summary(
@@ -381,7 +284,7 @@ def evaluate(
 
     # ---- common corruptions
     if spec.corruptions:
-        from .corruptions import evaluate_corruptions
+        from ..corruptions import evaluate_corruptions
 
         results["corruptions"] = evaluate_corruptions(
             model,
@@ -395,7 +298,7 @@ def evaluate(
         )
     # ---- CAM quality against ground-truth object masks (shapes, mosaics)
     if spec.cam and test.masks is not None:
-        from .interpret.metrics import cam_quality
+        from ..interpret.metrics import cam_quality
 
         results["cam"] = cam_quality(method_or_model, test, n=spec.n_cam)
     # ---- distribution shift
@@ -490,33 +393,3 @@ def _run_checks(ev: Evaluation, dataset: ImageDataset) -> dict[str, Any]:
         }
         ev.flags += checks.sweep_checks(points, size, LARGE_EPS)
     return found
-
-
-def print_summary(results: dict[str, Any]) -> None:
-    """A console table of a results dict: clean, attacks, worst case, corruptions, flags."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"robustfeat eval: suite {results['suite']}")
-    for column in ("part", "accuracy", "n", "seconds"):
-        table.add_column(column, justify="left" if column == "part" else "right")
-    clean = results["clean"]
-    table.add_row("clean", f"{clean['accuracy']:.4f}", str(clean["n"]), f"{clean['seconds']:.1f}")
-    for a in results["attacks"]:
-        table.add_row(a["label"], f"{a['accuracy']:.4f}", str(a["n"]), f"{a['seconds']:.1f}")
-    wc = results["worst_case"]
-    table.add_row("[bold]worst case", f"[bold]{wc['accuracy']:.4f}", str(wc["n"]), "")
-    corruptions = results.get("corruptions")
-    if corruptions:
-        table.add_row(
-            f"corruptions mCE ({corruptions['source']})",
-            f"{corruptions['mce']:.4f} err",
-            str(corruptions["n"]),
-            f"{corruptions['seconds']:.1f}",
-        )
-    for name, entry in results.get("shift", {}).items():
-        table.add_row(f"shift: {name}", f"{entry['accuracy']:.4f}", str(entry["n"]), "")
-    console = Console()
-    console.print(table)
-    for f in results["flags"]:
-        console.print(f"[yellow]flag[/] {f['name']}: {f['detail']}")
