@@ -33,7 +33,7 @@ METRIC_KINDS = (
     "shift",
     "train",  # accuracy on the un-augmented training images (results["train"])
     "train_gap",  # train - clean test accuracy
-    "memorised",  # label noise: of the mislabelled training images, the share fitted to the wrong label
+    "memorised",  # label noise: the share of mislabelled training images fitted to the wrong label
     "eta_last",  # L-ALFA: the learned η of its deepest site at the end of training
 )
 # results["cam"] fields (robustfeat.interpret.metrics.cam_quality) and which way is better:
