@@ -1,6 +1,6 @@
 """``robustfeat bench --executor ray`` on a real local Ray cluster (no mocks).
 
-Workers are killed for real: ``ROBUSTFEAT_FAULT`` (see ``robustfeat.train.fault_point``) is
+Workers are killed for real: ``ROBUSTFEAT_FAULT`` (see ``robustfeat.faults.fault_point``) is
 inherited by the Ray workers from the driver's environment, and a worker that reaches the fault
 point SIGKILLs itself. ``checkpoint_pointer:3`` fires once per run: the retried attempt resumes
 from checkpoint 3 and never writes that checkpoint again.

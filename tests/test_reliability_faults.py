@@ -2,7 +2,7 @@
 evaluation; NaN/inf losses; full or unwritable output; stale files of a killed process.
 
 Killed runs are real subprocesses that SIGKILL themselves at a deterministic point
-(``ROBUSTFEAT_FAULT``, see ``robustfeat.train.fault_point``). Every resumed run must end
+(``ROBUSTFEAT_FAULT``, see ``robustfeat.faults.fault_point``). Every resumed run must end
 bit-identical (weights and logged losses) to an uninterrupted one.
 """
 

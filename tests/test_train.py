@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import CUDA
-from robustfeat import train as train_module
 from robustfeat.cli import main
 from robustfeat.config import make_config
 from robustfeat.data import prepare_data
@@ -20,7 +19,7 @@ from robustfeat.evaluate import evaluate
 from robustfeat.io import load_tensors
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
-from robustfeat.train import BestEpoch, lr_factor, train
+from robustfeat.train import BestEpoch, Trainer, loop, lr_factor, selection, train
 from test_reliability_faults import TRAIN as FAULT_TRAIN
 from test_reliability_faults import checkpoint_step, run_cli
 
@@ -232,7 +231,7 @@ def test_select_best_evaluates_the_best_epoch_without_changing_training(tmp_path
     base = {"epochs": 4, "val_fraction": 0.25}
     plain = train(make_config(TINY, base), tmp_path / "plain", data=data)
     scores = iter([0.1, 0.9, 0.3, 0.2])  # epoch 2 is the best, so it is evaluated too
-    monkeypatch.setattr(train_module, "selection_score", lambda *a: next(scores))
+    monkeypatch.setattr(loop, "selection_score", lambda *a: next(scores))
     results = train(make_config(TINY, base, {"select_best": "clean"}), tmp_path / "sel", data=data)
     run = tmp_path / "sel"
     # scoring the epochs does not change what is trained
@@ -265,8 +264,8 @@ def test_select_best_evaluates_the_best_epoch_without_changing_training(tmp_path
 def test_pgd10_selection_score_is_at_most_clean_accuracy(tiny_data):
     torch.manual_seed(0)
     method = create_method("ce", create_model("resnet20", 10, width=4))
-    clean = train_module.selection_score(method, tiny_data.test, "clean")
-    robust = train_module.selection_score(method, tiny_data.test, "pgd10")
+    clean = selection.selection_score(method, tiny_data.test, "clean")
+    robust = selection.selection_score(method, tiny_data.test, "pgd10")
     assert 0.0 <= robust <= clean and clean > 0
 
 
@@ -275,12 +274,12 @@ def test_adaptive_selection_is_the_worst_case_over_the_methods_attack_losses(
 ):
     torch.manual_seed(0)
     ce = create_method("ce", create_model("resnet20", 10, width=4))
-    plain = train_module.selection_score(ce, tiny_data.test, "pgd10")
+    plain = selection.selection_score(ce, tiny_data.test, "pgd10")
     # no attack losses: the adaptive score is the plain one
-    assert train_module.selection_score(ce, tiny_data.test, "pgd10_adaptive") == plain
+    assert selection.selection_score(ce, tiny_data.test, "pgd10_adaptive") == plain
 
     cas = create_method("cas", create_model("resnet20", 10, width=4))
-    run_attack = train_module.run_attack
+    run_attack = selection.run_attack
     survivors: dict[str, torch.Tensor] = {}
 
     def recording(model, attack, dataset, *args):
@@ -288,9 +287,9 @@ def test_adaptive_selection_is_the_worst_case_over_the_methods_attack_losses(
         survivors[getattr(attack, "loss", "ce")] = record.correct["1"]
         return record
 
-    monkeypatch.setattr(train_module, "run_attack", recording)
-    plain = train_module.selection_score(cas, tiny_data.test, "pgd10")
-    adaptive = train_module.selection_score(cas, tiny_data.test, "pgd10_adaptive")
+    monkeypatch.setattr(selection, "run_attack", recording)
+    plain = selection.selection_score(cas, tiny_data.test, "pgd10")
+    adaptive = selection.selection_score(cas, tiny_data.test, "pgd10_adaptive")
     losses = [f"adaptive:{name}" for name in cas.attack_losses()]
     assert sorted(survivors) == sorted(["ce", *losses])
     worst = torch.stack(list(survivors.values())).all(0).float().mean().item()
@@ -357,14 +356,14 @@ def test_mixed_precision_training_learns_on_the_device(tmp_path, tiny_data, devi
 
 def test_deterministic_switches_deterministic_algorithms_on_while_training(tmp_path, tiny_data):
     seen = []
-    fit = train_module.Trainer.fit
+    fit = Trainer.fit
 
     def spy(self, *args, **kwargs):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
         return fit(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module.Trainer, "fit", spy)
+        patch.setattr(Trainer, "fit", spy)
         before = torch.are_deterministic_algorithms_enabled()
         for flag in (True, False):
             train(

@@ -22,6 +22,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .methods import Method, create_method
 from .models import create_model
 from .provenance import provenance
+from .rundir import RunDir
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
@@ -42,8 +43,7 @@ def weights_path(run_dir: str | Path) -> Path:
     if final.is_file():
         return final
     if (run_dir / "state.json").is_file():
-        from .train import RunDir  # the checked pointer: it cannot lead outside run_dir
-
+        # the checked pointer: it cannot lead outside run_dir
         ckpt = RunDir(run_dir).checkpoint_state()[1] / "weights.safetensors"
         if ckpt.is_file():
             return ckpt
