@@ -161,3 +161,21 @@ def test_lalfa_option_errors():
         create_method("lalfa", tiny(), eta_constraint="ball")
     with pytest.raises(ConfigError, match="gamma"):
         create_method("lalfa", tiny(), gamma=-1)
+
+
+def test_sites_before_batchnorm_train_with_compile_on():
+    """Regression: L-ALFA's sites before BN layers crashed the first backward under
+    ``compile: true`` (the compiled clean forward bumped running statistics the eager PGD
+    suffixes had saved). Done as the trainer does: compile every target, then steps."""
+    torch.manual_seed(0)
+    method = create_method("lalfa", tiny(), eta_init=0.25, eta_constraint="hyperplane")
+    method.train()
+    for module in method.compile_targets():
+        module.compile()
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    for _ in range(2):
+        method.zero_grad()
+        method(x, y)["loss"].backward()
+        assert method.eta.grad is not None and torch.isfinite(method.eta.grad).all()
+    # a site at the last node leaves only the head after it: the backbone still compiles
+    assert create_method("alfa", tiny()).compile_targets() != []
