@@ -1413,3 +1413,18 @@ def test_training_time_falls_back_to_the_runs_metrics_log(tmp_path):
     (run,) = groups_of(root)[0].runs
     assert train_seconds(run) == 90.0
     assert measure(run, Metric("train_s_per_epoch")) == pytest.approx(90.0 / 3)  # 3 logged epochs
+
+
+def test_every_committed_claim_is_measured_by_cells_its_recipes_run():
+    """Each place of report/claims.yaml names a cell (and reference) of the recipe's bench matrix,
+    so no claim waits for a cell that nothing will ever run."""
+    from robustfeat.bench import recipe_cells
+
+    names: dict[str, set[str]] = {}
+    for claim in load_claims().claims:
+        for budget, place in claim.at.items():
+            if place.recipe not in names:
+                names[place.recipe] = {cell.name for cell in recipe_cells(place.recipe)}
+            wanted = {place.cell, place.reference} - {None}
+            missing = wanted - names[place.recipe]
+            assert not missing, f"{claim.claim} ({budget}): {sorted(missing)} not in {place.recipe}"
