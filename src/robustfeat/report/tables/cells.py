@@ -33,8 +33,12 @@ def _attack_labels(groups: list[CellGroup]) -> list[str]:
 
 def generic_metrics(groups: list[CellGroup]) -> list[tuple[str, Metric]]:
     """(column label, metric) of the all-cells table, without columns nobody measured."""
-    columns = [("Clean", Metric("clean")), ("Train", Metric("train")), ("Gap", Metric("train_gap"))]
-    columns.append(("Memorised", Metric("memorised")))
+    columns = [
+        ("Clean", Metric("clean")),
+        ("Train", Metric("train")),
+        ("Gap", Metric("train_gap")),
+        ("Memorised", Metric("memorised")),
+    ]
     columns += [
         (label, Metric("attack", {"label": glob.escape(label), "kind": "standard"}))
         for label in _attack_labels(groups)
