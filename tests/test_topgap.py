@@ -144,7 +144,7 @@ def test_paper_recipe_builds_and_plans_the_k_sweep(tmp_path):
     assert method.model.stages == ["stage1", "stage2", "stage3", "stage4"]
     assert method.model.head.lateral[0].out_channels == 256
     rows = plan("paper-topgap", results_dir=tmp_path)
-    names = sorted({cell.name for cell, _, _ in rows})
+    names = sorted({row.cell.name for row in rows})
     assert names == sorted(["ce"] + [f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)])
     assert len(rows) == 7 * 5
 
@@ -175,8 +175,8 @@ def test_head_learning_rate_group():
 
 
 def test_cpu_recipes_plan_the_topgap_cells(tmp_path):
-    cells = {cell.name: cell for cell, _, _ in plan("cpu-sweeps", results_dir=tmp_path)}
-    cells.update({cell.name: cell for cell, _, _ in plan("cpu", results_dir=tmp_path)})
+    cells = {row.cell.name: row.cell for row in plan("cpu-sweeps", results_dir=tmp_path)}
+    cells.update({row.cell.name: row.cell for row in plan("cpu", results_dir=tmp_path)})
     assert {f"topgap_k{k}" for k in (8, 16, 32, 64, 128, 256)} <= set(cells)
     assert cells["topgap_k1_no_fpn"].args == {"k": 1, "fpn": False}
     assert cells["topgap_k16_w64"].args == {"k": 16, "width": 64}

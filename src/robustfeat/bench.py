@@ -151,24 +151,52 @@ def finished(recipe_results: Path, cell: Cell, seed: int) -> str | None:
     return "diverged" if (target / DIVERGED_FILE).exists() else None
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (cell, seed) of a recipe: its config, where it trains (``run``, weights stay there),
+    where its record is published (``target``) and how it finished if it did (``done``)."""
+
+    cell: Cell
+    seed: int
+    key: str
+    cfg: TrainConfig
+    run: Path
+    target: Path
+    done: str | None
+
+    def row(self, status: str) -> dict[str, Any]:
+        """The bench summary's row of this run."""
+        return {"cell": self.cell.name, "seed": self.seed, "status": status}
+
+
 def plan(
     recipe: str,
     only: list[str] | None = None,
     seeds: list[int] | None = None,
     results_dir: Path = Path("benchmarks/results"),
-) -> list[tuple[Cell, int, str | None]]:
-    """(cell, seed, how it finished if it did) for every selected run, validating each config
-    up front."""
-    base = load_recipe(recipe)
-    cells = select(recipe_cells(recipe), only)
+    runs_dir: Path = Path("runs/bench"),
+) -> list[PlannedRun]:
+    """Every selected run of a recipe, in recipe order, each config validated up front (a bad
+    cell fails before anything runs)."""
+    base, label = load_recipe(recipe), recipe_label(recipe)
     rows = []
-    for cell in cells:
+    for cell in select(recipe_cells(recipe), only):
         for seed in seeds if seeds is not None else cell.seeds:
-            cfg = make_config(
-                base, cell.config_layer(seed)
-            )  # a bad cell fails before anything runs
+            cfg = make_config(base, cell.config_layer(seed), {"progress": False})
             check_method_options(cfg.method, cfg.method_args)
-            rows.append((cell, seed, finished(results_dir / recipe_label(recipe), cell, seed)))
+            run_part = Path(label) / cell.name / f"seed{seed}"
+            done = finished(results_dir / label, cell, seed)
+            rows.append(
+                PlannedRun(
+                    cell,
+                    seed,
+                    run_key(label, cell, seed),
+                    cfg,
+                    runs_dir / run_part,
+                    results_dir / run_part,
+                    done,
+                )
+            )
     return rows
 
 
@@ -185,24 +213,17 @@ def run_bench(
     results_dir: Path = Path("benchmarks/results"),
 ) -> list[dict[str, Any]]:
     console = Console()
-    rows = plan(recipe, only, seeds, results_dir)
-    label = recipe_label(recipe)
-    base = load_recipe(recipe)
     summary = []
-    for cell, seed, done in rows:
-        target = results_dir / label / cell.name / f"seed{seed}"
-        status = done or ("would run" if dry_run else "running")
-        console.print(f"[bold]{run_key(label, cell, seed)}[/]: {status}")
-        if done or dry_run:
-            summary.append({"cell": cell.name, "seed": seed, "status": status})
+    for planned in plan(recipe, only, seeds, results_dir, runs_dir):
+        status = planned.done or ("would run" if dry_run else "running")
+        console.print(f"[bold]{planned.key}[/]: {status}")
+        if planned.done or dry_run:
+            summary.append(planned.row(status))
             continue
-        cfg = make_config(base, cell.config_layer(seed), {"progress": False})
-        outcome = run_one(cfg, runs_dir / label / cell.name / f"seed{seed}", target)
+        outcome = run_one(planned.cfg, planned.run, planned.target)
         if outcome["status"] == "diverged":
-            console.print(
-                f"[yellow]{run_key(label, cell, seed)}: diverged[/] ({outcome['message']})"
-            )
-        summary.append({"cell": cell.name, "seed": seed, **outcome})
+            console.print(f"[yellow]{planned.key}: diverged[/] ({outcome['message']})")
+        summary.append({**planned.row(outcome["status"]), **outcome})
     return summary
 
 

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from .bench import plan, recipe_label, run_key, run_one
-from .config import load_recipe, make_config
+from .bench import plan, run_one
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -138,21 +137,17 @@ def run_bench_ray(
             f"{gpus_per_run}"
         )
     console = Console()
-    rows = plan(recipe, only, seeds, results_dir)
-    label, base = recipe_label(recipe), load_recipe(recipe)
+    rows = plan(recipe, only, seeds, results_dir, runs_dir)
     summary: list[dict[str, Any]] = []
     jobs = []  # (name, summary row, arguments of run_attempt but the events queue)
-    for cell, seed, done in rows:
-        key = run_key(label, cell, seed)
-        if done or dry_run:
-            console.print(f"[bold]{key}[/]: {done or 'would run'}")
-            summary.append({"cell": cell.name, "seed": seed, "status": done or "would run"})
+    for planned in rows:
+        if planned.done or dry_run:
+            console.print(f"[bold]{planned.key}[/]: {planned.done or 'would run'}")
+            summary.append(planned.row(planned.done or "would run"))
             continue
-        cfg = make_config(base, cell.config_layer(seed), {"progress": False})
-        run = (runs_dir / label / cell.name / f"seed{seed}").absolute()  # links not followed
-        target = (results_dir / label / cell.name / f"seed{seed}").absolute()
-        args = (cfg, str(run), str(target), key, cpus_per_run, os.getcwd())
-        jobs.append((key, {"cell": cell.name, "seed": seed}, args))
+        run, target = planned.run.absolute(), planned.target.absolute()  # links not followed
+        args = (planned.cfg, str(run), str(target), planned.key, cpus_per_run, os.getcwd())
+        jobs.append((planned.key, {"cell": planned.cell.name, "seed": planned.seed}, args))
     if not jobs:
         return summary
     started = time.perf_counter()
@@ -168,7 +163,7 @@ def run_bench_ray(
     finally:
         if owned:
             ray.shutdown()
-    order = {(cell.name, seed): i for i, (cell, seed, _) in enumerate(rows)}
+    order = {(planned.cell.name, planned.seed): i for i, planned in enumerate(rows)}
     summary.sort(key=lambda row: order[row["cell"], row["seed"]])  # the recipe's order
     print_summary(console, summary, time.perf_counter() - started)
     return summary
