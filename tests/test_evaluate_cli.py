@@ -12,6 +12,7 @@ from robustfeat.cli import main
 from robustfeat.config import make_config
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
+from robustfeat.rundir import RUN_MARKER, RunDir
 
 
 def make_run(tmp_path, **data_args):
@@ -96,3 +97,36 @@ def test_re_evaluating_a_run_keeps_what_its_training_recorded(tmp_path):
     assert results["suite"] == "quick" and results["clean"]["accuracy"] != 0.99
     assert [a["label"] for a in results["attacks"]] == ["fgsm", "pgd10"]
     assert "eval_seconds" not in results["run"]
+
+
+def test_eval_into_a_run_that_is_being_written_is_refused(tmp_path, capsys):
+    """A training (or another eval) holds the run's lock: evaluating into the run's own
+    results.json is refused before anything is written (its results would otherwise replace
+    the finished training's with an older checkpoint's); --out elsewhere still evaluates."""
+    run = make_run(tmp_path / "run")
+    trainer = RunDir(run)
+    trainer.lock()  # as `robustfeat train` holds it (another open file: flock conflicts)
+    args = ["eval", str(run), "--suite", "clean", "--no-progress", "--device", "cpu"]
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "being written by another robustfeat process" in err and "--out" in err
+        assert len(err.strip().splitlines()) == 1 and not (run / "results.json").exists()
+        elsewhere = tmp_path / "elsewhere.json"
+        assert main([*args, "--out", str(elsewhere)]) == 0 and elsewhere.is_file()
+    finally:
+        trainer.release()
+    assert main(args) == 0 and (run / "results.json").is_file()
+    assert main(args) == 0  # the eval released its own lock
+
+
+def test_eval_refuses_a_symlinked_marker_and_leaves_unmarked_runs_unmarked(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    args = ["eval", str(run), "--suite", "clean", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0 and not (run / RUN_MARKER).exists()  # nothing of ours added
+    (run / "results.json").unlink()
+    (tmp_path / "elsewhere").write_text("not ours\n")
+    (run / RUN_MARKER).symlink_to(tmp_path / "elsewhere")
+    assert main(args) == 2
+    assert "cannot lock" in capsys.readouterr().err and not (run / "results.json").exists()
+    assert (tmp_path / "elsewhere").read_text() == "not ours\n"

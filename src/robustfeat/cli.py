@@ -214,6 +214,22 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .rundir import RunDir
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "results.json"
+    run = RunDir(Path(args.run_dir))
+    if out.absolute().parent == run.root.absolute():
+        # the run's own results.json: not while its training (or another eval) writes there,
+        # or a finished training's results could be replaced by those of an older checkpoint
+        run.lock(create=False, instead="give --out a file outside the run")
+    try:
+        return evaluate_run(args, out)
+    finally:
+        run.release()
+
+
+def evaluate_run(args: argparse.Namespace, out: Path) -> int:
+    """``robustfeat eval``'s work: evaluate ``args.run_dir``'s weights into ``out``."""
     from . import io
     from .data import load_dataset
     from .evaluate import evaluate, keep_training_record, print_summary
@@ -235,7 +251,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     method = load_run(
         args.run_dir, num_classes=test.num_classes, device=resolve_device(args.device)
     )
-    out = Path(args.out) if args.out else Path(args.run_dir) / "results.json"
     results = evaluate(
         method,
         test,

@@ -171,10 +171,21 @@ class RunDir:
                 "--resume, or train into a new --out"
             )
 
-    def lock(self) -> None:
-        """Create the marker (never through a symlink) and hold an exclusive lock on it."""
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(self.root / RUN_MARKER, flags, 0o644)
+    def lock(self, create: bool = True, instead: str = "train into another --out") -> None:
+        """Hold an exclusive lock on the marker (never opened through a symlink), creating it
+        unless ``create`` is false (then a directory without one is left unlocked: a run made
+        before markers existed). ``instead``: what the error suggests when another process
+        holds the lock."""
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | (os.O_CREAT if create else 0)
+        marker = self.root / RUN_MARKER
+        try:
+            fd = os.open(marker, flags, 0o644)
+        except (FileNotFoundError, NotADirectoryError):
+            if create:
+                raise
+            return
+        except OSError as err:  # e.g. a symlinked marker (O_NOFOLLOW)
+            raise OutputError(f"cannot lock {marker}: {err.strerror or err}") from err
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,7 +193,7 @@ class RunDir:
             os.close(fd)
             raise OutputError(
                 f"{self.root} is being written by another robustfeat process (it holds the "
-                f"lock on {RUN_MARKER}); wait for it to finish or train into another --out"
+                f"lock on {RUN_MARKER}); wait for it to finish or {instead}"
             ) from None
         if os.fstat(fd).st_size == 0:
             os.write(fd, RUN_MARKER_TEXT)
