@@ -1,9 +1,14 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from robustfeat import bench
 from robustfeat.errors import ConfigError
+from robustfeat.rundir import MAX_STATE_BYTES, RunDir
 
 RECIPE = """
 model: resnet20
@@ -123,3 +128,47 @@ def test_a_diverged_cell_is_published_as_such_and_the_matrix_goes_on(tmp_path, m
     monkeypatch.setattr("robustfeat.train.train", no_training)
     again = bench.run_bench(str(path), runs_dir=runs, results_dir=results)
     assert [r["status"] for r in again] == ["diverged", "done"]
+
+
+def test_dry_run_says_where_an_interrupted_run_resumes(tmp_path, recipe, capsys):
+    """A run killed after its step-3 checkpoint (a real SIGKILL, in a subprocess) is announced
+    as resuming there; a trained run whose evaluation was cut, as one left to evaluate."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    env = {**os.environ, "ROBUSTFEAT_FAULT": "step:4"}
+    command = [sys.executable, "-m", "robustfeat", "bench", "--recipe", recipe, "--only", "ce"]
+    options = ["--seeds", "0", "--runs-dir", str(runs), "--results-dir", str(results)]
+    with open(recipe, "a") as f:
+        f.write("checkpoint_every: 3\n")
+    proc = subprocess.run([*command, *options], env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    rows = bench.run_bench(recipe, dry_run=True, runs_dir=runs, results_dir=results)
+    out = capsys.readouterr().out
+    assert "tiny/ce/seed0: would resume at step 3 of 4 (75%)" in out
+    assert "tiny/ce/seed1: would run" in out
+    assert [row["status"] for row in rows] == ["would run"] * 3  # the summary's status as before
+    state = runs / "tiny" / "ce" / "seed0" / "state.json"
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "step": 4, "finished": True}))
+    bench.run_bench(recipe, dry_run=True, runs_dir=runs, results_dir=results)
+    assert "tiny/ce/seed0: trained, would evaluate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["symlink", "huge", "not json", "no total"])
+def test_a_state_file_that_is_not_ours_to_read_is_not_read(tmp_path, bad):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    record = {"step": 3, "total_steps": 8, "checkpoint": "checkpoints/step-000000003"}
+    assert run.progress() is None  # no checkpoint yet
+    if bad == "symlink":
+        (tmp_path / "elsewhere.json").write_text(json.dumps(record))
+        run.state.symlink_to(tmp_path / "elsewhere.json")
+    elif bad == "huge":
+        run.state.write_text(json.dumps({**record, "pad": "x" * MAX_STATE_BYTES}))
+    elif bad == "not json":
+        run.state.write_text('{"step": 3, "total_ste')
+    else:
+        run.state.write_text(json.dumps({"step": 3}))
+    assert run.progress() is None
+    run.state.unlink()
+    run.state.write_text(json.dumps(record))
+    assert run.progress() == (3, 8)

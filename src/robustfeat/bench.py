@@ -39,6 +39,7 @@ from .errors import ConfigError
 from .io import safe_name
 from .methods import check_method_options
 from .provenance import provenance
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -168,6 +169,20 @@ class PlannedRun:
         """The bench summary's row of this run."""
         return {"cell": self.cell.name, "seed": self.seed, "status": status}
 
+    def announce(self, dry_run: bool) -> str:
+        """What the bench prints of this run before it runs (or would): finished, or where it
+        starts (an interrupted run resumes from its last checkpoint)."""
+        if self.done:
+            return self.done
+        progress = RunDir(self.run).progress()
+        if progress is None:
+            return "would run" if dry_run else "running"
+        step, total = progress
+        if step == total:  # cut during its final evaluation
+            return "trained, would evaluate" if dry_run else "trained, evaluating"
+        where = f"at step {step} of {total} ({step / total:.0%})"
+        return f"would resume {where}" if dry_run else f"resuming {where}"
+
 
 def plan(
     recipe: str,
@@ -215,10 +230,9 @@ def run_bench(
     console = Console()
     summary = []
     for planned in plan(recipe, only, seeds, results_dir, runs_dir):
-        status = planned.done or ("would run" if dry_run else "running")
-        console.print(f"[bold]{planned.key}[/]: {status}")
+        console.print(f"[bold]{planned.key}[/]: {planned.announce(dry_run)}")
         if planned.done or dry_run:
-            summary.append(planned.row(status))
+            summary.append(planned.row(planned.done or "would run"))
             continue
         outcome = run_one(planned.cfg, planned.run, planned.target)
         if outcome["status"] == "diverged":

@@ -142,7 +142,7 @@ def run_bench_ray(
     jobs = []  # (name, summary row, arguments of run_attempt but the events queue)
     for planned in rows:
         if planned.done or dry_run:
-            console.print(f"[bold]{planned.key}[/]: {planned.done or 'would run'}")
+            console.print(f"[bold]{planned.key}[/]: {planned.announce(dry_run)}")
             summary.append(planned.row(planned.done or "would run"))
             continue
         run, target = planned.run.absolute(), planned.target.absolute()  # links not followed

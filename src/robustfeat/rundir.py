@@ -57,6 +57,7 @@ RUN_ENTRIES = (
     CHECKPOINTS,
 )
 MIN_FREE_BYTES = 50 * 2**20
+MAX_STATE_BYTES = 2**20  # state.json: step, pointer, timing and the selection scores
 # Keys that may change when a run is resumed (how it runs or is reported, not what it trains).
 RESUMABLE_KEYS = frozenset(
     {"device", "loader", "compile", "progress", "log_every", "checkpoint_every", "nan_policy"}
@@ -224,6 +225,23 @@ class RunDir:
                 f"over, delete {self.state.name} and {CHECKPOINTS}/ (or train into a new --out)"
             )
         return state, directory
+
+    def progress(self) -> tuple[int, int] | None:
+        """(step, total steps) of a run's last checkpoint (step == total: trained, its final
+        evaluation not yet written), or None: no checkpoint, or a state.json that is not a
+        plain, small, valid record (a resume would then say what is wrong)."""
+        state = self.state
+        if state.is_symlink() or not state.is_file() or state.stat().st_size > MAX_STATE_BYTES:
+            return None
+        try:
+            record = io.read_json(state)
+        except CheckpointError:
+            return None
+        step = record.get("step") if isinstance(record, dict) else None
+        total = record.get("total_steps") if isinstance(record, dict) else None
+        if isinstance(step, int) and isinstance(total, int) and 0 < step <= total:
+            return step, total
+        return None
 
     def remove_stale(self, keep: Path) -> None:
         """Drop what a killed process leaves behind: temp files of atomic writes, unfinished
