@@ -1,7 +1,8 @@
 """Files from strangers: pickles are refused unread, YAML cannot build objects, config strings are
 never evaluated, and names from configs cannot write outside the output directory. A scan of
 src/ keeps future code from loading pickles, evaluating strings or loading YAML unsafely (or
-with unbounded alias expansion: only robustfeat.config's bounded loader)."""
+with unbounded alias expansion: only robustfeat.config's bounded loader) or reading a file whole
+without a size bound."""
 
 from __future__ import annotations
 
@@ -178,6 +179,31 @@ def test_state_json_cannot_point_outside_the_run(tmp_path, capsys):
     assert "is not a robustfeat checkpoint pointer" in error_line(capsys.readouterr().err)
 
 
+def test_oversized_records_are_refused_before_reading(tmp_path, capsys, monkeypatch):
+    """A results.json / state.json / metrics.jsonl larger than its bound is refused with one
+    line, before a byte is read (a sparse file: its size is on disk, its content never is)."""
+    huge = tmp_path / "results.json"
+    with huge.open("wb") as f:
+        f.truncate(io.MAX_JSON_BYTES + 1)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an oversized file was opened for reading")
+
+    monkeypatch.setattr(Path, "open", no_reading)
+    with pytest.raises(CheckpointError, match="over the 67108864-byte limit"):
+        io.read_json(huge)
+    monkeypatch.undo()
+    small = tmp_path / "small.json"
+    small.write_text('{"a": 1}')
+    assert io.read_json(small) == {"a": 1}
+    with pytest.raises(ValueError, match="over the 4-byte limit"):
+        io.read_text(small, 4)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "cannot read" in err and "limit" in err and not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------ a scan of src/ for regressions
 UNSAFE_MODULES = {
     "pickle",
@@ -191,6 +217,10 @@ UNSAFE_MODULES = {
 }
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
 SAFE_YAML_LOADERS = {"_BoundedLoader"}  # robustfeat.config's: safe, alias expansion bounded
+UNBOUNDED_READS = {"read_text", "read_bytes"}  # Path's: the whole file, whatever its size
+# unbounded reads allowed, each bounded otherwise: a kernel file, and the YAML reader, which
+# checks the size first (robustfeat.io would import torch into every config read)
+BOUNDED_ELSEWHERE = {"provenance.py", "config.py"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -208,7 +238,8 @@ def _keyword(call: ast.Call, name: str) -> ast.AST | None:
 def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
     """What in ``source`` could run code from a file or a string: pickle-family imports,
     ``torch.load`` without ``weights_only=True``, ``torch.save`` (weights are safetensors),
-    ``np.load(allow_pickle=True)``, YAML loads without a safe loader, eval/exec/compile, shells."""
+    ``np.load(allow_pickle=True)``, YAML loads without a safe loader, eval/exec/compile, shells;
+    and what reads a file whole without a bound (``Path.read_text``, ``json.load``, ...)."""
     found = []
     for node in ast.walk(ast.parse(source, filename)):
         where = f"{filename}:{getattr(node, 'lineno', 0)}"
@@ -246,6 +277,13 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
                 loader is None or _dotted(loader).split(".")[-1] not in SAFE_YAML_LOADERS
             ):
                 found.append(f"{where} {name} without a safe Loader")
+            elif (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr in UNBOUNDED_READS
+                and _dotted(node.func.value) != "io"
+                and Path(filename).name not in BOUNDED_ELSEWHERE
+            ) or name in ("json.load", "np.fromfile", "numpy.fromfile"):
+                found.append(f"{where} {name}() reads a file unbounded (use io.read_bytes)")
             elif name in ("os.system", "os.popen") or (
                 isinstance(_keyword(node, "shell"), ast.Constant)
                 and _keyword(node, "shell").value is True
@@ -284,6 +322,9 @@ def test_src_has_no_unsafe_loading_or_evaluation():
         "__import__(name)",
         "os.system(cmd)",
         "subprocess.run(cmd, shell=True)",
+        "path.read_text()",
+        "Path(p).read_bytes()",
+        "json.load(f)",
     ],
 )
 def test_the_scan_catches_each_unsafe_pattern(snippet):
@@ -302,6 +343,9 @@ def test_the_scan_catches_each_unsafe_pattern(snippet):
         "subprocess.run([sys.executable, '-c', 'pass'])",
         "# pickle.load(f) in a comment",
         "'torch.load(x) in a string'",
+        "io.read_text(path, io.MAX_LOG_BYTES)",
+        "read_bytes(path, MAX_FILE_BYTES)",
+        "json.loads(text)",
     ],
 )
 def test_the_scan_accepts_safe_code(snippet):

@@ -272,7 +272,11 @@ class RunDir:
         if not self.metrics.is_file():
             return
         kept = []
-        for line in self.metrics.read_text().splitlines():
+        try:
+            text = io.read_text(self.metrics, io.MAX_LOG_BYTES)
+        except ValueError as err:
+            raise CheckpointError(f"cannot resume from {self.root}: {err}") from err
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

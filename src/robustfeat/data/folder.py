@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError, check
+from ..io import MAX_JSON_BYTES, read_bytes, read_text
 from ..progress import progress_task
 from ._registry import SPLITS, register_path_form
 from .base import ImageDataset
@@ -202,7 +203,11 @@ class _Reader:
                 f"{self.shown(name)} is {size} bytes{' uncompressed' if self.archive else ''}, "
                 f"over the {MAX_FILE_BYTES}-byte limit for one image file"
             )
-        return self.archive.read(name) if self.archive else (self.source / name).read_bytes()
+        return (
+            self.archive.read(name)
+            if self.archive
+            else read_bytes(self.source / name, MAX_FILE_BYTES)
+        )
 
     def close(self) -> None:
         if self.archive:
@@ -373,7 +378,7 @@ def _read_cache(tensors_path: Path, sidecar_path: Path, key: str) -> tuple[dict,
     if not (tensors_path.is_file() and sidecar_path.is_file()):
         return None
     try:
-        sidecar = json.loads(sidecar_path.read_text())
+        sidecar = json.loads(read_text(sidecar_path, MAX_JSON_BYTES))
         tensors = load_file(tensors_path)
     except (OSError, ValueError, SafetensorError):
         return None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import io
 from ..errors import ConfigError
 from ..io import safe_name
 from .claims import DEFAULT_CLAIMS, claims_table, load_claims
@@ -65,12 +66,15 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
         path = directory / safe_name(entry["file"], f"{index}: figure {i} file")
         if not path.is_file():
             raise ConfigError(f"{index}: figure file {path} does not exist")
-        if path.is_symlink() or path.stat().st_size > MAX_FIGURE_BYTES:
+        try:
+            if path.is_symlink():
+                raise ValueError(f"{path} is a symlink")
+            png = io.read_bytes(path, MAX_FIGURE_BYTES)
+        except ValueError as err:
             raise ConfigError(
-                f"{path} is a symlink or over {MAX_FIGURE_BYTES} bytes; figures are plain PNG "
-                "files inside the --figures directory"
-            )
-        png = path.read_bytes()
+                f"{err}; figures are plain PNG files of at most {MAX_FIGURE_BYTES} bytes inside "
+                "the --figures directory"
+            ) from err
         if not png.startswith(PNG_SIGNATURE):
             raise ConfigError(f"{path} is not a PNG file")
         plot = Plot(

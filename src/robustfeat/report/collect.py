@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import io
 from ..config import read_yaml_document
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 RESULTS_SCHEMA = "robustfeat.results/1"
 PERF_SCHEMA = "robustfeat.perf/1"
@@ -87,8 +88,8 @@ class Collection:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return io.read_json(path)
+    except (OSError, CheckpointError) as err:
         raise ConfigError(f"cannot read {path} as JSON: {err}") from err
 
 
@@ -98,7 +99,11 @@ def read_epoch_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        text = io.read_text(path, io.MAX_LOG_BYTES)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

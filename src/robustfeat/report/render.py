@@ -10,11 +10,13 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import io
 from ..errors import ConfigError
 from .plots import Plot
 from .tables.common import Table
 
 README_START = "<!-- results:start -->"
+MAX_README_BYTES = 16 * 2**20
 README_END = "<!-- results:end -->"
 NUMERIC_START = set("0123456789–-≈")
 
@@ -167,7 +169,9 @@ def replace_results_section(readme: str, generated: str) -> str:
 
 def update_readme(path: Path, generated: str) -> None:
     try:
-        text = path.read_text()
+        text = io.read_text(path, MAX_README_BYTES)
     except OSError as err:
         raise ConfigError(f"cannot read README {path}: {err.strerror or err}") from err
+    except ValueError as err:  # too large, or not UTF-8
+        raise ConfigError(f"cannot read README {path}: {err}") from err
     path.write_text(replace_results_section(text, generated))
