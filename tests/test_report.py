@@ -15,7 +15,12 @@ import yaml
 from robustfeat.errors import ConfigError
 from robustfeat.report import load_spec, replace_results_section
 from robustfeat.report.build import build, papers_section
-from robustfeat.report.claims import claims_table, load_claims, threshold_verdict
+from robustfeat.report.claims import (
+    claims_table,
+    comparison_verdict,
+    load_claims,
+    threshold_verdict,
+)
 from robustfeat.report.collect import CellGroup, Run, collect, group
 from robustfeat.report.plots import epoch_series, eta_keys, make_plots, sweep_plot
 from robustfeat.report.spec import Metric, dataset_family, measure, train_seconds
@@ -1295,6 +1300,7 @@ claims:
   - paper: HNC
     claim: "raises clean accuracy"
     figure: "73.79 -> 75.00"
+    paper_change: [73.79, 75.00]
     metric: {kind: clean}
     at:
       "10 epochs": {recipe: cpu, cell: hnc_mse, reference: ce}
@@ -1302,6 +1308,7 @@ claims:
   - paper: TENET
     claim: "lowers mCE"
     figure: "29.88 -> 26.46"
+    paper_change: [29.88, 26.46]
     metric: {kind: mce}
     at:
       converged: {recipe: cpu-converged, cell: tenet, reference: ce}
@@ -1340,6 +1347,44 @@ def test_claims_table_compares_each_budget_and_reads_the_verdict_from_the_last(t
     assert lalfa["Verdict (converged)"] == "reproduces"
 
 
+@pytest.mark.parametrize(
+    ("cell", "reference", "verdict"),
+    [
+        # clean accuracy, the paper's +1.21 points: ours +5.00 and +0.61 (half: 0.605) reproduce
+        ((0.76, 0.01), (0.71, 0.01), "reproduces"),
+        ((0.7161, 0.001), (0.71, 0.001), "reproduces"),
+        (
+            (0.7159, 0.001),
+            (0.71, 0.001),
+            "in direction only (better by 0.6 points; the paper: by 1.2)",
+        ),
+        ((0.72, 0.01), (0.71, 0.01), "does not (within the seeds' spread)"),
+        ((0.60, 0.01), (0.71, 0.01), "does not (worse)"),
+    ],
+)
+def test_a_gain_reproduces_a_claim_only_with_half_the_papers_change(
+    tmp_path, cell, reference, verdict
+):
+    (tmp_path / "claims.yaml").write_text(CLAIMS_YAML)
+    hnc = load_claims(tmp_path / "claims.yaml").claims[0]
+    assert hnc.paper_change == (73.79, 75.0)
+    stat, ref = Stat(cell[0], cell[1], 3), Stat(reference[0], reference[1], 3)
+    assert comparison_verdict(hnc, stat, ref)[1] == verdict
+
+
+def test_an_error_claim_counts_its_gain_downwards(tmp_path):
+    """TENET's mCE: the paper lowers it by 3.42 points; ours by 1.00 (0.29 of it) is in
+    direction only, by 2.00 (0.58) reproduces."""
+    (tmp_path / "claims.yaml").write_text(CLAIMS_YAML)
+    tenet = load_claims(tmp_path / "claims.yaml").claims[1]
+    ref = Stat(0.32, 0.001, 3)
+    assert comparison_verdict(tenet, Stat(0.31, 0.001, 3), ref) == (
+        "▲",
+        "in direction only (better by 1.0 points; the paper: by 3.4)",
+    )
+    assert comparison_verdict(tenet, Stat(0.30, 0.001, 3), ref) == ("▲", "reproduces")
+
+
 def test_threshold_verdicts_need_two_seeds_and_a_margin_beyond_the_spread():
     assert threshold_verdict(Stat(0.9, 0.1, 3), 0.5) == "reproduces"
     assert threshold_verdict(Stat(0.55, 0.1, 3), 0.5) == "does not (within the seeds' spread)"
@@ -1359,6 +1404,9 @@ def test_claims_table_is_left_out_when_nothing_was_measured(tree):
         (lambda c: c["claims"][2]["at"]["converged"].update(reference="ce"), "no `reference`"),
         (lambda c: c["claims"][0]["at"].update(later={}), "maps budgets"),
         (lambda c: c["claims"][0]["metric"].update(kind="speed"), "unknown metric kind"),
+        (lambda c: c["claims"][0].update(paper_change=[75.0]), "must be \\[reference, method\\]"),
+        (lambda c: c["claims"][0].update(paper_change=[75.0, 73.79]), "no improvement"),
+        (lambda c: c["claims"][1].update(paper_change=[26.46, 29.88]), "lower is better"),
     ],
 )
 def test_claims_errors_say_what_is_wrong(tmp_path, change, message):

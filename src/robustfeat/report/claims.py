@@ -5,6 +5,9 @@ The claims and where each is measured live in ``claims.yaml`` (data, not code). 
 a cell with a reference cell of the same recipe by the tables' improvement rule
 (``stats.compare``: ▲ / ≈ / ▼ / ?), or, for a claim about a value (``threshold``), asks whether
 the value lies above the threshold beyond the seeds' spread. The verdict reads the last budget.
+A ▲ reproduces the claim only when our change is at least ``REPRODUCED_SHARE`` of the paper's
+(``paper_change``, in points): a gain of half a point beyond a tight seed spread does not
+reproduce a paper's twelve, and the table says so ("in direction only").
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ VERDICTS = {
     "unknown": "inconclusive (one seed)",
 }
 NOT_RUN = "not run yet"
+REPRODUCED_SHARE = 0.5  # of the paper's change that ours must reach to reproduce it
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Claim:
     metric: Metric
     at: dict[str, Place]  # budget -> place
     threshold: float | None = None
+    paper_change: tuple[float, float] | None = None  # the paper's (reference, method), in %
 
 
 @dataclass(frozen=True)
@@ -68,17 +73,55 @@ def _claim(raw: Any, index: int, budgets: tuple[str, ...]) -> Claim:
     threshold = raw.get("threshold") if isinstance(raw, dict) else None
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise ConfigError(f"{where}: threshold must be a number, got {threshold!r}")
+    change = raw.get("paper_change") if isinstance(raw, dict) else None
+    if change is not None and not (
+        isinstance(change, list)
+        and len(change) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in change)
+    ):
+        raise ConfigError(f"{where}: paper_change must be [reference, method] numbers (in %)")
     at = need(raw, "at", where)
     if not isinstance(at, dict) or not set(at) <= set(budgets):
         raise ConfigError(f"{where}: `at` maps budgets ({', '.join(budgets)}) to places")
-    return Claim(
+    claim = Claim(
         paper=str(need(raw, "paper", where)),
         claim=str(need(raw, "claim", where)),
         figure=str(need(raw, "figure", where)),
         metric=parse_metric(need(raw, "metric", where), where),
         at={b: _place(p, f"{where} at {b!r}", threshold is not None) for b, p in at.items()},
         threshold=None if threshold is None else float(threshold),
+        paper_change=None if change is None else (float(change[0]), float(change[1])),
     )
+    if claim.paper_change is not None and paper_gain(claim.paper_change, claim.metric) <= 0:
+        raise ConfigError(
+            f"{where}: paper_change {list(claim.paper_change)} is no improvement of its metric "
+            f"({'higher' if claim.metric.higher_is_better else 'lower'} is better)"
+        )
+    return claim
+
+
+def paper_gain(change: tuple[float, float], metric: Metric) -> float:
+    """The paper's change (reference, method) in points, positive when it improves ``metric``."""
+    before, after = change
+    return after - before if metric.higher_is_better else before - after
+
+
+def comparison_verdict(claim: Claim, stat: Stat, ref: Stat) -> tuple[str, str]:
+    """(marker, verdict) of a cell against its reference: the tables' rule, and a ▲ reproduces
+    when our gain (points) reaches ``REPRODUCED_SHARE`` of the paper's, else in direction only
+    (without a paper_change, any ▲ reproduces)."""
+    outcome = compare(stat, ref, claim.metric.higher_is_better)
+    if outcome != "better" or claim.paper_change is None:
+        return MARKERS[outcome], VERDICTS[outcome]
+    scale = 100.0 if claim.metric.is_fraction else 1.0
+    diff = (stat.mean - ref.mean) * scale
+    ours = diff if claim.metric.higher_is_better else -diff
+    paper = paper_gain(claim.paper_change, claim.metric)
+    if ours >= REPRODUCED_SHARE * paper:
+        return MARKERS[outcome], VERDICTS[outcome]
+    return MARKERS[
+        outcome
+    ], f"in direction only (better by {ours:.1f} points; the paper: by {paper:.1f})"
 
 
 def load_claims(path: str | Path = DEFAULT_CLAIMS) -> Claims:
@@ -118,9 +161,9 @@ def measured(
     ref = cell_stat(ref_group, claim.metric) if ref_group else None
     if ref is None:
         return f"{text}; {place.reference} not run", NOT_RUN
-    outcome = compare(stat, ref, claim.metric.higher_is_better)
+    marker, verdict = comparison_verdict(claim, stat, ref)
     ref_text = f"{format_measured(ref, claim.metric)} (n={ref.n})"
-    return f"{ref_text} → {text} {MARKERS[outcome]}", VERDICTS[outcome]
+    return f"{ref_text} → {text} {marker}", verdict
 
 
 def claims_table(claims: Claims, groups: list[CellGroup]) -> Table | None:
@@ -139,7 +182,9 @@ def claims_table(claims: Claims, groups: list[CellGroup]) -> Table | None:
     notes = [
         "Ours: reference → cell, mean ± sample std over seeds in % (η: a fraction), n = seeds; "
         "the marker is the tables' rule (▲ better / ▼ worse beyond the seeds' spread, ≈ within "
-        "it, ? one seed). The verdict reads the last budget: reproduces only on ▲.",
+        "it, ? one seed). The verdict reads the last budget: reproduces only on ▲ with at least "
+        f"{REPRODUCED_SHARE:.0%} of the paper's change in points (a smaller ▲: in direction "
+        "only; the settings differ, so the share is a floor, not a match).",
         "Places: "
         + "; ".join(
             f"{b}: " + ", ".join(sorted({c.at[b].recipe for c in claims.claims if b in c.at}))
