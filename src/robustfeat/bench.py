@@ -144,9 +144,9 @@ def select(cells: list[Cell], only: list[str] | None, flag: str = "--only") -> l
     return chosen
 
 
-def finished(recipe_results: Path, cell: Cell, seed: int) -> str | None:
-    """``"done"`` (results.json published), ``"diverged"`` (diverged.json) or None."""
-    target = recipe_results / cell.name / f"seed{seed}"
+def finished(target: Path) -> str | None:
+    """How the run published at ``target`` finished: ``"done"`` (results.json), ``"diverged"``
+    (diverged.json) or None."""
     if (target / "results.json").exists():
         return "done"
     return "diverged" if (target / DIVERGED_FILE).exists() else None
@@ -199,19 +199,10 @@ def plan(
         for seed in seeds if seeds is not None else cell.seeds:
             cfg = make_config(base, cell.config_layer(seed), {"progress": False})
             check_method_options(cfg.method, cfg.method_args)
-            run_part = Path(label) / cell.name / f"seed{seed}"
-            done = finished(results_dir / label, cell, seed)
-            rows.append(
-                PlannedRun(
-                    cell,
-                    seed,
-                    run_key(label, cell, seed),
-                    cfg,
-                    runs_dir / run_part,
-                    results_dir / run_part,
-                    done,
-                )
-            )
+            part = Path(label) / cell.name / f"seed{seed}"
+            target = results_dir / part
+            key = run_key(label, cell, seed)
+            rows.append(PlannedRun(cell, seed, key, cfg, runs_dir / part, target, finished(target)))
     return rows
 
 
