@@ -173,7 +173,7 @@ def test_cam_quality_on_shapes_for_cam_top_gap_and_grad_cam():
 
 def test_shapes_cam_recipe_plans_every_cell(tmp_path):
     rows = plan("shapes-cam", results_dir=tmp_path)
-    cells = {cell.name: cell for cell, _, _ in rows}
+    cells = {row.cell.name: row.cell for row in rows}
     assert len(cells) == 16 and len(rows) == 16  # one seed per cell
     assert cells["small_topgap_k32"].overrides["data_args"]["size_range"] == [0.2, 0.3]
     assert cells["spurious_hnc_kd"].args == {"variant": "kd"}
