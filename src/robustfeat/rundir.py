@@ -231,10 +231,10 @@ class RunDir:
         evaluation not yet written), or None: no checkpoint, or a state.json that is not a
         plain, small, valid record (a resume would then say what is wrong)."""
         state = self.state
-        if state.is_symlink() or not state.is_file() or state.stat().st_size > MAX_STATE_BYTES:
+        if state.is_symlink() or not state.is_file():
             return None
         try:
-            record = io.read_json(state)
+            record = io.read_json(state, MAX_STATE_BYTES)
         except CheckpointError:
             return None
         step = record.get("step") if isinstance(record, dict) else None

@@ -111,17 +111,15 @@ def comparison_verdict(claim: Claim, stat: Stat, ref: Stat) -> tuple[str, str]:
     when our gain (points) reaches ``REPRODUCED_SHARE`` of the paper's, else in direction only
     (without a paper_change, any ▲ reproduces)."""
     outcome = compare(stat, ref, claim.metric.higher_is_better)
+    marker = MARKERS[outcome]
     if outcome != "better" or claim.paper_change is None:
-        return MARKERS[outcome], VERDICTS[outcome]
+        return marker, VERDICTS[outcome]
     scale = 100.0 if claim.metric.is_fraction else 1.0
-    diff = (stat.mean - ref.mean) * scale
-    ours = diff if claim.metric.higher_is_better else -diff
+    ours = paper_gain((ref.mean * scale, stat.mean * scale), claim.metric)
     paper = paper_gain(claim.paper_change, claim.metric)
     if ours >= REPRODUCED_SHARE * paper:
-        return MARKERS[outcome], VERDICTS[outcome]
-    return MARKERS[
-        outcome
-    ], f"in direction only (better by {ours:.1f} points; the paper: by {paper:.1f})"
+        return marker, VERDICTS[outcome]
+    return marker, f"in direction only (better by {ours:.1f} points; the paper: by {paper:.1f})"
 
 
 def load_claims(path: str | Path = DEFAULT_CLAIMS) -> Claims:
