@@ -7,6 +7,7 @@ without a size bound."""
 from __future__ import annotations
 
 import ast
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustfeat import io
+from robustfeat import io, reads
 from robustfeat.cli import main
+from robustfeat.config import MAX_YAML_BYTES, read_yaml_document, recipe_path
 from robustfeat.errors import CheckpointError, ConfigError
 from test_reliability_faults import TRAIN, error_line
 
@@ -197,7 +199,7 @@ def test_oversized_records_are_refused_before_reading(tmp_path, capsys, monkeypa
     small.write_text('{"a": 1}')
     assert io.read_json(small) == {"a": 1}
     with pytest.raises(ValueError, match="over the 4-byte limit"):
-        io.read_text(small, 4)
+        reads.read_text(small, 4)
     capsys.readouterr()
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
     err = error_line(capsys.readouterr().err)
@@ -218,9 +220,6 @@ UNSAFE_MODULES = {
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
 SAFE_YAML_LOADERS = {"_BoundedLoader"}  # robustfeat.config's: safe, alias expansion bounded
 UNBOUNDED_READS = {"read_text", "read_bytes"}  # Path's: the whole file, whatever its size
-# unbounded reads allowed, each bounded otherwise: a kernel file, and the YAML reader, which
-# checks the size first (robustfeat.io would import torch into every config read)
-BOUNDED_ELSEWHERE = {"provenance.py", "config.py"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -280,10 +279,9 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
             elif (
                 isinstance(node.func, ast.Attribute)
                 and node.func.attr in UNBOUNDED_READS
-                and _dotted(node.func.value) != "io"
-                and Path(filename).name not in BOUNDED_ELSEWHERE
+                and _dotted(node.func.value) != "reads"
             ) or name in ("json.load", "np.fromfile", "numpy.fromfile"):
-                found.append(f"{where} {name}() reads a file unbounded (use io.read_bytes)")
+                found.append(f"{where} {name}() reads a file unbounded (use reads.read_bytes)")
             elif name in ("os.system", "os.popen") or (
                 isinstance(_keyword(node, "shell"), ast.Constant)
                 and _keyword(node, "shell").value is True
@@ -297,6 +295,32 @@ def test_src_has_no_unsafe_loading_or_evaluation():
     assert len(files) > 20  # the scan really looks at the package
     found = [hit for f in files for hit in unsafe_calls(f.read_text(), str(f.relative_to(SRC)))]
     assert found == []
+
+
+def test_a_yaml_file_is_read_no_further_than_its_bound(tmp_path, monkeypatch):
+    """The YAML reader stops at its bound even when the size it was told is 0 (a kernel or
+    special file, or one that grew after the check): the read itself is bounded."""
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(MAX_YAML_BYTES + 1)
+    real_stat = Path.stat
+
+    def zero_size(self, *args, **kwargs):
+        st = real_stat(self, *args, **kwargs)
+        return os.stat_result((*st[:6], 0, *st[7:])) if self == big else st
+
+    monkeypatch.setattr(Path, "stat", zero_size)
+    with pytest.raises(ConfigError, match=f"over the {MAX_YAML_BYTES}-byte limit"):
+        read_yaml_document(big)
+
+
+def test_a_recipe_path_that_is_not_a_regular_file_says_so(tmp_path):
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        recipe_path(str(fifo))
+    with pytest.raises(ConfigError, match="does not exist"):
+        recipe_path(str(tmp_path / "missing.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -343,7 +367,7 @@ def test_the_scan_catches_each_unsafe_pattern(snippet):
         "subprocess.run([sys.executable, '-c', 'pass'])",
         "# pickle.load(f) in a comment",
         "'torch.load(x) in a string'",
-        "io.read_text(path, io.MAX_LOG_BYTES)",
+        "reads.read_text(path, reads.MAX_LOG_BYTES)",
         "read_bytes(path, MAX_FILE_BYTES)",
         "json.loads(text)",
     ],

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, UnknownNameError
+from .reads import read_text
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -161,7 +162,7 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return where + " ".join(problem.split())
 
 
-MAX_YAML_BYTES = 16 * 2**20  # a config, recipe or index file; checked before reading
+MAX_YAML_BYTES = 16 * 2**20  # a config, recipe or index file
 MAX_YAML_NODES = 100_000  # nodes after alias expansion ("billion laughs": ~10^9 from 500 bytes)
 
 
@@ -201,17 +202,16 @@ def yaml_document(text: str, where: str) -> Any:
 
 
 def read_yaml_document(path: Path) -> Any:
-    """A YAML file of at most ``MAX_YAML_BYTES`` (checked before reading), bounded-loaded."""
+    """A YAML file of at most ``MAX_YAML_BYTES`` (a bounded read), bounded-loaded."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path} is {size} bytes; YAML files over {MAX_YAML_BYTES} refused")
-        text = path.read_text()
+        text = read_text(path, MAX_YAML_BYTES)
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not UTF-8 text") from err
+    except ValueError as err:  # over the limit
+        raise ConfigError(f"{err} (YAML files over {MAX_YAML_BYTES} bytes)") from err
     return yaml_document(text, f"{path} is not valid YAML")
 
 
@@ -231,7 +231,8 @@ def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise ConfigError(f"recipe file {path} {what}")
         return path
     if name_or_path not in list_recipes():
         raise UnknownNameError(

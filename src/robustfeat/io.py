@@ -23,9 +23,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, ConfigError, OutputError
+from .reads import MAX_JSON_BYTES, read_text
 
-MAX_JSON_BYTES = 64 * 2**20  # one JSON record: results, state, optimizer state, a cache sidecar
-MAX_LOG_BYTES = 256 * 2**20  # a run's metrics.jsonl (a few MiB for a long run)
 TMP_SUFFIX = ".tmp"  # temp files of atomic writes are ".<name>.<random>.tmp" next to the target
 
 
@@ -103,26 +102,6 @@ def dumps(obj: Any, indent: int | None = None) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, dumps(obj, indent=2).encode() + b"\n")
-
-
-def read_bytes(path: Path, max_bytes: int) -> bytes:
-    """The bytes of ``path``, refused (``ValueError``) over ``max_bytes``: the size is checked
-    before reading and the read itself takes no more (a file that grows meanwhile). Every file
-    the package reads goes through here or ``read_text`` (tests/test_security.py scans)."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size <= max_bytes:
-        with path.open("rb") as f:
-            data = f.read(max_bytes + 1)
-        size = len(data)
-    if size > max_bytes:
-        raise ValueError(f"{path} is {size} bytes, over the {max_bytes}-byte limit; refused")
-    return data
-
-
-def read_text(path: Path, max_bytes: int) -> str:
-    """``read_bytes`` as UTF-8 text (not UTF-8: ``UnicodeDecodeError``, a ``ValueError``)."""
-    return read_bytes(path, max_bytes).decode()
 
 
 def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from .reads import read_text
+
+CPUINFO_MAX_BYTES = 4 * 2**20  # /proc/cpuinfo: ~1.5 KiB per logical CPU
 PACKAGES = (
     "robustfeat",
     "torch",
@@ -62,10 +65,10 @@ def versions() -> dict[str, str]:
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in read_text(Path("/proc/cpuinfo"), CPUINFO_MAX_BYTES).splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or over the bound / not UTF-8
         pass
     return platform.processor() or "unknown"
 

@@ -33,7 +33,7 @@ try:
 except ImportError:  # Windows: no flock; runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
-from . import io
+from . import io, reads
 from .config import TrainConfig, read_yaml
 from .errors import CheckpointError, ConfigError, OutputError
 from .faults import fault_point
@@ -273,7 +273,7 @@ class RunDir:
             return
         kept = []
         try:
-            text = io.read_text(self.metrics, io.MAX_LOG_BYTES)
+            text = reads.read_text(self.metrics, reads.MAX_LOG_BYTES)
         except ValueError as err:
             raise CheckpointError(f"cannot resume from {self.root}: {err}") from err
         for line in text.splitlines():

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError, check
-from ..io import MAX_JSON_BYTES, read_bytes, read_text
 from ..progress import progress_task
+from ..reads import MAX_JSON_BYTES, read_bytes, read_text
 from ._registry import SPLITS, register_path_form
 from .base import ImageDataset
 

@@ -98,7 +98,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import io
+from .. import reads
 from ..errors import ConfigError, check
 from ..models.base import StagedModel
 from ..nn.feature_slot import FeatureSlot
@@ -607,7 +607,7 @@ def eta_history(metrics: str | Path) -> tuple[list[int], dict[str, list[float]]]
         path = path / "metrics.jsonl"
     epochs: list[int] = []
     history: dict[str, list[float]] = {}
-    for line in io.read_text(path, io.MAX_LOG_BYTES).splitlines():
+    for line in reads.read_text(path, reads.MAX_LOG_BYTES).splitlines():
         record = json.loads(line) if line.strip() else {}
         if "eta" not in record:
             continue

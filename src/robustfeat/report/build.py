@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import io
+from .. import reads
 from ..errors import ConfigError
 from ..io import safe_name
 from .claims import DEFAULT_CLAIMS, claims_table, load_claims
@@ -69,7 +69,7 @@ def load_external_figures(directory: str | Path) -> dict[str, list[Plot]]:
         try:
             if path.is_symlink():
                 raise ValueError(f"{path} is a symlink")
-            png = io.read_bytes(path, MAX_FIGURE_BYTES)
+            png = reads.read_bytes(path, MAX_FIGURE_BYTES)
         except ValueError as err:
             raise ConfigError(
                 f"{err}; figures are plain PNG files of at most {MAX_FIGURE_BYTES} bytes inside "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import io
+from .. import io, reads
 from ..config import read_yaml_document
 from ..errors import CheckpointError, ConfigError
 
@@ -100,7 +100,7 @@ def read_epoch_records(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     try:
-        text = io.read_text(path, io.MAX_LOG_BYTES)
+        text = reads.read_text(path, reads.MAX_LOG_BYTES)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from err
     for line in text.splitlines():

@@ -10,7 +10,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import io
+from .. import reads
 from ..errors import ConfigError
 from .plots import Plot
 from .tables.common import Table
@@ -169,7 +169,7 @@ def replace_results_section(readme: str, generated: str) -> str:
 
 def update_readme(path: Path, generated: str) -> None:
     try:
-        text = io.read_text(path, MAX_README_BYTES)
+        text = reads.read_text(path, MAX_README_BYTES)
     except OSError as err:
         raise ConfigError(f"cannot read README {path}: {err.strerror or err}") from err
     except ValueError as err:  # too large, or not UTF-8
