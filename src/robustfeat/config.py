@@ -211,7 +211,7 @@ def read_yaml_document(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not UTF-8 text") from err
     except ValueError as err:  # over the limit
-        raise ConfigError(f"{err} (YAML files over {MAX_YAML_BYTES} bytes)") from err
+        raise ConfigError(str(err)) from err
     return yaml_document(text, f"{path} is not valid YAML")
 
 
