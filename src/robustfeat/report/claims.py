@@ -182,7 +182,9 @@ def claims_table(claims: Claims, groups: list[CellGroup]) -> Table | None:
         "the marker is the tables' rule (▲ better / ▼ worse beyond the seeds' spread, ≈ within "
         "it, ? one seed). The verdict reads the last budget: reproduces only on ▲ with at least "
         f"{REPRODUCED_SHARE:.0%} of the paper's change in points (a smaller ▲: in direction "
-        "only; the settings differ, so the share is a floor, not a match).",
+        "only; the settings differ, so the share is a floor, not a match). An attack claim "
+        "reads, per seed, the lowest accuracy of every attack run with its settings, adaptive "
+        "variants included, so it can sit below the tables' column of the standard attack.",
         "Places: "
         + "; ".join(
             f"{b}: " + ", ".join(sorted({c.at[b].recipe for c in claims.claims if b in c.at}))
