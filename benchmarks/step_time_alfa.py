@@ -33,6 +33,9 @@ METHODS: dict[str, dict] = {
     "alfa": {},  # PGD-5 at the last block's output (resnet20: stage3.2), alpha 0.5/255
     "alfa_stage3.1": {"nodes": ["stage3.1"]},  # suffix = the last block + head
     "lalfa_stage": {"granularity": "stage"},  # 3 sites, PGD-3
+    # the official code's 9 sites and η (1/r on the hyperplane); the cpu-converged recipe's
+    # lalfa_stage cell is the 3-site one with that η
+    "lalfa": {"eta_init": 1 / 9, "eta_constraint": "hyperplane"},
     "feature_noise": {},
     "moex": {"p": 1.0},  # every batch exchanged (the default p = 0.25 costs less)
     "advprop": {},  # PGD-1 with the auxiliary BN
