@@ -1,15 +1,16 @@
 """Training-step time of ALFA (and its baselines) relative to CE: same model, batch, optimizer.
 
-    PYTHONPATH=src python benchmarks/step_time_alfa.py [--batch 128] [--repeats 9] [--bf16]
-        [--threads N] [--methods ce alfa ...] [--out PATH]
+    PYTHONPATH=src python benchmarks/step_time_alfa.py [--batch 128] [--repeats 9]
+        [--bf16 | --both-precisions] [--threads N] [--methods ce alfa ...] [--out PATH]
 
 One step = the method's forward, backward, an SGD step and ``after_step`` (what the trainer does,
 without data loading). Each method gets its own copy of one ResNet-20 (width 16) and one fixed
 batch of random images; the methods alternate within every round (after two warm-up rounds) so
 load from other jobs on the shared machine hits all of them alike (the order rotates each round);
 the median per method is reported with its quartiles and its ratio to CE. ``--bf16`` adds bf16
-autocast and channels_last, as the cpu recipe. Writes benchmarks/results/step_time_alfa.json
-with the config and the git SHA.
+autocast and channels_last, as the cpu recipe; ``--both-precisions`` times each method both ways
+side by side (``NAME@bf16``: what bf16 costs on this CPU, native or emulated). Writes
+benchmarks/results/step_time_alfa.json with the config, the CPU's capability and the git SHA.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from robustfeat import io
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
 from robustfeat.provenance import provenance
+from robustfeat.train.numerics import native_cpu_bf16
 
 METHODS: dict[str, dict] = {
     "ce": {},
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--both-precisions", action="store_true")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument(
@@ -81,9 +84,15 @@ def main() -> None:
     model = create_model("resnet20", num_classes=10)
     x = torch.rand(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
-    if args.bf16:
-        x = x.contiguous(memory_format=torch.channels_last)
-    steps = {n: make_step(n, METHODS[n], model, x, y, args.bf16) for n in args.methods}
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    variants = [False, True] if args.both_precisions else [args.bf16]
+    steps = {
+        f"{n}@bf16" if bf16 and args.both_precisions else n: make_step(
+            n, METHODS[n], model, x_cl if bf16 else x, y, bf16
+        )
+        for n in args.methods
+        for bf16 in variants
+    }
     times: dict[str, list[float]] = {n: [] for n in steps}
     names = list(steps)
     for round_ in range(args.repeats + 2):
@@ -100,7 +109,7 @@ def main() -> None:
         ratio = median / ce if ce else None
         q1, _, q3 = statistics.quantiles(values, n=4)
         results[name] = {
-            "options": METHODS[name],
+            "options": METHODS[name.split("@")[0]],
             "median_s": median,
             "quartiles_s": [q1, q3],
             "ratio_to_ce": ratio,
@@ -118,10 +127,16 @@ def main() -> None:
             "batch": args.batch,
             "repeats": args.repeats,
             "warmup_rounds": 2,
-            "precision": "bf16 autocast + channels_last" if args.bf16 else "fp32",
+            "precision": "fp32, and bf16 autocast + channels_last (@bf16)"
+            if args.both_precisions
+            else "bf16 autocast + channels_last"
+            if args.bf16
+            else "fp32",
             "timing": "median wall time of forward+backward+SGD step, methods interleaved in a "
             "rotating order",
             "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_cpu_bf16": native_cpu_bf16(),
         },
         "results": results,
         "note": "2-core machine shared with other jobs: absolute numbers are noisy",
