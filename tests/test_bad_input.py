@@ -56,7 +56,7 @@ BAD_TRAIN_ARGS = {
     "zero epochs": (["--epochs", "0"], "config 'epochs' must be >= 1"),
     "negative lr": (["--lr", "-0.1"], "config 'lr' must be > 0.0"),
     "bad choice": (["--set", "nan_policy=maybe"], "valid: stop, skip"),
-    "bad precision": (["--precision", "fp8"], "valid: fp32, bf16, amp"),
+    "bad precision": (["--precision", "fp8"], "valid: fp32, bf16, amp, auto"),
     "bad device": (["--device", "tpu"], "bad device 'tpu'"),
     "label noise > 1": (["--label-noise", "1.5"], "config 'label_noise' must be >= 0.0 and <= 1.0"),
     "milestones": (["--set", "milestones=[0.8, 0.2]"], "milestones must be increasing"),

@@ -15,7 +15,7 @@ def test_defaults_validate_and_layers_override_in_order():
         ({"epochs": 0}, "epochs"),
         ({"epochs": "ten"}, "must be int"),
         ({"lr": -1.0}, "lr"),
-        ({"precision": "fp8"}, "fp32, bf16, amp"),
+        ({"precision": "fp8"}, "fp32, bf16, amp, auto"),
         ({"label_noise": 1.5}, "label_noise"),
         ({"milestones": [0.8, 0.2]}, "milestones"),
         ({"compile": "yes"}, "must be bool"),
@@ -56,7 +56,7 @@ def test_builtin_recipes_load_and_validate():
         "onecycle",
     )
     assert cpu.nesterov and cpu.weight_decay == 5e-4 and cpu.warmup == 0.15
-    assert (cpu.precision, cpu.channels_last, cpu.compile) == ("bf16", True, True)
+    assert (cpu.precision, cpu.channels_last, cpu.compile) == ("auto", True, True)
 
 
 def test_unknown_recipe_lists_valid_ones(tmp_path):

@@ -58,7 +58,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", help="fp32, bf16 (CPU/GPU autocast) or amp (CUDA fp16)")
+    p.add_argument(
+        "--precision",
+        help="fp32, bf16 (CPU/GPU autocast), amp (CUDA fp16) or auto (bf16 where the device "
+        "has it natively, else fp32; amp on a GPU without bf16)",
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -27,7 +27,7 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
-PRECISIONS = ("fp32", "bf16", "amp")
+PRECISIONS = ("fp32", "bf16", "amp", "auto")  # auto: bf16 where the device has it natively
 LOADERS = ("host", "device")
 NOISE_TYPES = ("symmetric", "asymmetric")
 NAN_POLICIES = ("stop", "skip")

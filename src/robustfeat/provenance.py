@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .reads import read_text
+from .runtime import native_cpu_bf16
 
 CPUINFO_MAX_BYTES = 4 * 2**20  # /proc/cpuinfo: ~1.5 KiB per logical CPU
 PACKAGES = (
@@ -80,6 +81,8 @@ def machine() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_cpu_bf16(),
         "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():

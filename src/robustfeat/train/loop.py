@@ -46,11 +46,11 @@ from ..progress import progress_task
 from ..provenance import provenance
 from ..rundir import RunDir, load_checkpoint, save_checkpoint
 from ..runs import data_metadata, default_shift_sets, run_info
-from ..runtime import resolve_device
+from ..runtime import resolve_device, resolve_precision
 from ..scalar_log import ScalarLog
 from .distributed import Distributed, setup_distributed
 from .metrics import MetricsLog, RunningMetrics
-from .numerics import autocast_context, deterministic_algorithms
+from .numerics import autocast_context, deterministic_algorithms, emulated_bf16_warning
 from .schedule import build_optimizer, lr_factor, set_learning_rates
 from .selection import BestEpoch, selection_score
 
@@ -149,6 +149,11 @@ class Trainer:
         return trainer
 
     # -------------------------------------------------------------- helpers
+    @property
+    def precision(self) -> str:
+        """The precision the training steps compute in (``auto`` resolved for the device)."""
+        return resolve_precision(self.cfg.precision, self.device)
+
     def loader(self) -> BatchLoader:
         return BatchLoader(
             self.data.train,
@@ -264,6 +269,9 @@ class Trainer:
         if self.dist.main:
             for line in self.method.startup_warnings(total, self.data.train.image_shape):
                 self.console_log(f"warning: {line}")
+            slow = emulated_bf16_warning(self.precision, self.device)
+            if slow:
+                self.console_log(f"warning: {slow}")
         if cfg.compile:
             for module in self.method.compile_targets():
                 module.compile()
@@ -272,7 +280,7 @@ class Trainer:
         forward = self._forward_module()
         scaler = (
             torch.amp.GradScaler("cuda")
-            if cfg.precision == "amp" and self.device.type == "cuda"
+            if self.precision == "amp" and self.device.type == "cuda"
             else None
         )
         if scaler is not None and isinstance(state.get("grad_scaler"), dict):
@@ -371,7 +379,7 @@ class Trainer:
         skipping = self.cfg.nan_policy == "skip"
         buffers = list(self.method.buffers()) if skipping else []
         good = [b.detach().clone() for b in buffers]
-        with autocast_context(self.cfg.precision, self.device):
+        with autocast_context(self.precision, self.device):
             for out in self.scheme.steps(self.method, x, y, forward=forward):
                 optimizer.zero_grad(set_to_none=True)
                 skip = not self._check_finite(out, step)
@@ -437,6 +445,7 @@ class Trainer:
                 results["train"] = train_fit(as_eval_model(self.method), self.data.train)
         if cfg.select_best is not None:
             results["best_epoch"] = self.evaluate_best()
+        results["run"]["precision"] = self.precision
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         fault_point("eval")

@@ -1,4 +1,5 @@
 """How a training step computes on its device: the autocast dtype of a ``precision`` setting
+(``auto`` is resolved by ``runtime.resolve_precision``), a warning where a CPU only emulates bf16,
 and, with ``deterministic: true``, deterministic kernels for the run."""
 
 from __future__ import annotations
@@ -8,6 +9,19 @@ import os
 from collections.abc import Iterator
 
 import torch
+
+from ..runtime import native_cpu_bf16
+
+
+def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """One line for a run that asked for half precision on a CPU that only emulates bf16."""
+    if device.type != "cpu" or precision not in ("bf16", "amp") or native_cpu_bf16():
+        return None
+    return (
+        f"precision {precision} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no "
+        "AVX512-BF16 or AMX) runs emulated bf16, several times slower than fp32: set precision "
+        "auto or fp32"
+    )
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
