@@ -28,7 +28,7 @@ from robustfeat import io
 from robustfeat.methods import create_method
 from robustfeat.models import create_model
 from robustfeat.provenance import provenance
-from robustfeat.train.numerics import native_cpu_bf16
+from robustfeat.runtime import native_cpu_bf16
 
 METHODS: dict[str, dict] = {
     "ce": {},
