@@ -13,16 +13,13 @@ from robustfeat.provenance import machine
 from robustfeat.runtime import native_cpu_bf16, resolve_precision
 from robustfeat.train import loop, train
 from robustfeat.train.numerics import emulated_bf16_warning
+from test_train import TINY as TRAIN_TINY
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 TINY = {
-    "model": "resnet20",
-    "model_args": {"width": 4},
-    "data": "shapes",
+    **TRAIN_TINY,
     "data_args": {"n_train": 64, "n_test": 32},
-    "batch_size": 32,
     "epochs": 1,
-    "progress": False,
     "eval_suite": "clean",
 }
 
