@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ class Trainer:
         return trainer
 
     # -------------------------------------------------------------- helpers
-    @property
+    @cached_property
     def precision(self) -> str:
         """The precision the training steps compute in (``auto`` resolved for the device)."""
         return resolve_precision(self.cfg.precision, self.device)
