@@ -80,6 +80,7 @@ from robustfeat.config import TrainConfig, list_recipes, load_recipe, make_confi
 from robustfeat.data import DataSplits, ImageDataset, prepare_data
 from robustfeat.models import MODELS
 from robustfeat.provenance import provenance
+from robustfeat.runtime import resolve_precision
 from robustfeat.train import train
 
 SCHEMA = "robustfeat.gpu_check/1"
@@ -276,7 +277,7 @@ def phase_resnet20(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "images_per_epoch": args.r20_images,
         "epochs": args.r20_epochs,
         "batch_size": batch,
-        "precision": base["precision"],
+        "precision": resolve_precision(base["precision"], torch.device(args.device)),
         "channels_last": base["channels_last"],
         "compile": bool(base["compile"] and args.compile),
         "loader": "device",
@@ -338,7 +339,7 @@ def phase_paper(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "method": cfg.method,
             "at": cfg.at,
             "augment": cfg.augment,
-            "precision": cfg.precision,
+            "precision": resolve_precision(cfg.precision, torch.device(args.device)),
             "batch_size": batch,
             "recipe_batch_size": cfg.batch_size,
             "epochs": cfg.epochs,
