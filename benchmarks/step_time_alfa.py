@@ -127,11 +127,9 @@ def main() -> None:
             "batch": args.batch,
             "repeats": args.repeats,
             "warmup_rounds": 2,
-            "precision": "fp32, and bf16 autocast + channels_last (@bf16)"
-            if args.both_precisions
-            else "bf16 autocast + channels_last"
-            if args.bf16
-            else "fp32",
+            "precision": " and ".join(
+                "bf16 autocast + channels_last" if bf16 else "fp32" for bf16 in variants
+            ),
             "timing": "median wall time of forward+backward+SGD step, methods interleaved in a "
             "rotating order",
             "torch_threads": torch.get_num_threads(),
