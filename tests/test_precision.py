@@ -12,7 +12,11 @@ from robustfeat.data import prepare_data
 from robustfeat.provenance import machine
 from robustfeat.runtime import native_cpu_bf16, resolve_precision
 from robustfeat.train import loop, train
-from robustfeat.train.numerics import emulated_bf16_warning
+from robustfeat.train.numerics import (
+    emulated_bf16_warning,
+    precision_segments,
+    recorded_precision,
+)
 from test_train import TINY as TRAIN_TINY
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -96,3 +100,52 @@ def test_asking_for_bf16_on_a_cpu_that_emulates_it_warns_but_obeys(
     assert results["run"]["precision"] == "bf16"
     err = " ".join(capsys.readouterr().err.split())  # rich wraps the line
     assert "runs emulated bf16" in err and "set precision auto or fp32" in err
+
+
+def test_precision_segments_add_a_segment_only_where_the_precision_changes():
+    assert precision_segments(None, 0, "bf16") == [{"from_step": 0, "precision": "bf16"}]
+    bf16 = [{"from_step": 0, "precision": "bf16"}]
+    assert precision_segments(bf16, 40, "bf16") == bf16  # resumed, same machine kind
+    mixed = precision_segments(bf16, 40, "fp32")
+    assert mixed == [*bf16, {"from_step": 40, "precision": "fp32"}] and len(bf16) == 1
+    assert precision_segments(mixed, 90, "fp32") == mixed
+    assert recorded_precision(bf16) == "bf16" and recorded_precision(mixed) == "mixed"
+    # a checkpoint from before the record: taken to have computed in what it resumes in
+    assert precision_segments(None, 40, "fp32") == [{"from_step": 0, "precision": "fp32"}]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_run_resumed_where_auto_resolves_otherwise_goes_on_in_it_and_records_both(
+    tmp_path, monkeypatch, capsys, tiny_data
+):
+    """Started on a CPU with native bf16, cut after its first epoch, resumed on one without."""
+    cfg = make_config(TINY, {"precision": "auto", "device": "cpu", "epochs": 2})
+    run, seen = tmp_path / "run", []
+    autocast = loop.autocast_context
+    monkeypatch.setattr(loop, "autocast_context", lambda p, d: seen.append(p) or autocast(p, d))
+
+    def cut_at_step_3(where, step=None, rank=0):
+        if where == "step" and step == 3:
+            raise Interrupted
+
+    cpu_hardware(monkeypatch, True)
+    monkeypatch.setattr(loop, "fault_point", cut_at_step_3)
+    with pytest.raises(Interrupted):
+        train(cfg, run, data=tiny_data)
+    assert json.loads((run / "state.json").read_text())["step"] == 2  # one epoch of 2 steps
+    cpu_hardware(monkeypatch, False)
+    monkeypatch.setattr(loop, "fault_point", lambda *a, **k: None)
+    capsys.readouterr()
+    results = train(cfg, run, resume=True, data=tiny_data)
+    assert seen == ["bf16"] * 3 + ["fp32"] * 2  # step 3 began in bf16 before the cut
+    assert results["run"]["precision"] == "mixed"
+    assert results["run"]["precision_segments"] == [
+        {"from_step": 0, "precision": "bf16"},
+        {"from_step": 2, "precision": "fp32"},
+    ]
+    assert json.loads((run / "results.json").read_text())["run"] == results["run"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "computed in bf16 up to step 2" in err and "goes on in fp32" in err

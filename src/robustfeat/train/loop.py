@@ -51,7 +51,13 @@ from ..runtime import resolve_device, resolve_precision
 from ..scalar_log import ScalarLog
 from .distributed import Distributed, setup_distributed
 from .metrics import MetricsLog, RunningMetrics
-from .numerics import autocast_context, deterministic_algorithms, emulated_bf16_warning
+from .numerics import (
+    autocast_context,
+    deterministic_algorithms,
+    emulated_bf16_warning,
+    precision_segments,
+    recorded_precision,
+)
 from .schedule import build_optimizer, lr_factor, set_learning_rates
 from .selection import BestEpoch, selection_score
 
@@ -273,6 +279,13 @@ class Trainer:
             slow = emulated_bf16_warning(self.precision, self.device)
             if slow:
                 self.console_log(f"warning: {slow}")
+        segments = precision_segments(state.get("precision_segments"), step, self.precision)
+        if len(segments) > 1 and segments[-1]["from_step"] == step:
+            self.console_log(
+                f"warning: this run computed in {segments[-2]['precision']} up to step {step}; "
+                f"precision {cfg.precision} is {self.precision} on this machine, so it goes on in "
+                f"{self.precision} (results.json records both: run.precision_segments)"
+            )
         if cfg.compile:
             for module in self.method.compile_targets():
                 module.compile()
@@ -348,6 +361,7 @@ class Trainer:
                                     "finished": step >= total,
                                     "epoch_metrics": None if at_epoch_end else metrics.state_dict(),
                                     "best": asdict(self.best),
+                                    "precision_segments": segments,
                                     **(
                                         {}
                                         if scaler is None
@@ -359,7 +373,7 @@ class Trainer:
                             dist.barrier()
                         epoch_start, epoch_images = time.perf_counter(), 0
         log.close()
-        return self.finish(train_seconds)
+        return self.finish(train_seconds, segments)
 
     def _train_step(
         self,
@@ -432,7 +446,7 @@ class Trainer:
 
             yield advance
 
-    def finish(self, train_seconds: float) -> dict[str, Any]:
+    def finish(self, train_seconds: float, segments: list[dict[str, Any]]) -> dict[str, Any]:
         """Save the final weights and evaluate the test split into results.json."""
         run, cfg = self.run, self.cfg
         if not self.dist.main:
@@ -446,7 +460,8 @@ class Trainer:
                 results["train"] = train_fit(as_eval_model(self.method), self.data.train)
         if cfg.select_best is not None:
             results["best_epoch"] = self.evaluate_best()
-        results["run"]["precision"] = self.precision
+        results["run"]["precision"] = recorded_precision(segments)
+        results["run"]["precision_segments"] = segments
         results["run"]["train_seconds"] = train_seconds
         results["run"]["eval_seconds"] = time.perf_counter() - start
         fault_point("eval")

@@ -1,12 +1,14 @@
 """How a training step computes on its device: the autocast dtype of a ``precision`` setting
 (``auto`` is resolved by ``runtime.resolve_precision``), a warning where a CPU only emulates bf16,
-and, with ``deterministic: true``, deterministic kernels for the run."""
+the record of the precisions a resumed run computed in, and, with ``deterministic: true``,
+deterministic kernels for the run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -22,6 +24,26 @@ def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
         "AVX512-BF16 or AMX) runs emulated bf16, several times slower than fp32: set precision "
         "auto or fp32"
     )
+
+
+def precision_segments(
+    recorded: list[dict[str, Any]] | None, step: int, precision: str
+) -> list[dict[str, Any]]:
+    """The precisions a run has computed in, ``[{"from_step": s, "precision": p}, ...]``, once it
+    goes on at ``step`` in ``precision``. ``auto`` resolves per machine, so a run resumed on
+    another one (a CPU with or without native bf16, a GPU without bf16) can change precision
+    mid-run; it goes on in what this machine computes fast and the record keeps both. A
+    checkpoint written before the record existed is taken to have computed in ``precision``."""
+    segments = list(recorded or [{"from_step": 0, "precision": precision}])
+    if segments[-1]["precision"] != precision:
+        segments.append({"from_step": step, "precision": precision})
+    return segments
+
+
+def recorded_precision(segments: list[dict[str, Any]]) -> str:
+    """results.json's ``run.precision``: the one precision of the run, or ``mixed``."""
+    kinds = {segment["precision"] for segment in segments}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
